@@ -1,0 +1,241 @@
+"""The operation-chain model: what a proxy recorded, as data.
+
+A chain is a sequence of operations applied to a target, left to right: ``get`` reads an
+attribute, ``item`` subscripts, ``call`` calls what the previous operations produced.
+Arguments are ordinary Python values; they may contain nested chains (run against the same
+target first) and the ``RESULT``/``ERROR`` markers (replaced by injected values).
+
+The JSON form is versioned and produced by the value codec, so arguments keep their types::
+
+    {"v": 1, "ops": [{"op": "get", "name": "combine"},
+                     {"op": "call", "args": [{"$chain": [...]}, {"$marker": "result"}],
+                      "kwargs": {}}]}
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationInfo,
+    model_serializer,
+)
+from pydantic import model_validator as _model_validator
+
+from ._markers import Marker
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from ._policy import ExecutionPolicy
+
+CHAIN_VERSION = 1
+"""The version written in the ``"v"`` field of every chain's JSON form."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetOp:
+    """Read the attribute ``name`` of the current value."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOp:
+    """Subscript the current value with ``key`` (``value[key]``)."""
+
+    key: Any
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class CallOp:
+    """Call the current value with ``args`` and ``kwargs``."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+Operation = GetOp | ItemOp | CallOp
+
+NO_ARGUMENTS: CallOp = CallOp((), MappingProxyType({}))
+"""The call with no arguments, shared: ``p.refresh()`` is common and needs no new object."""
+
+_GET_OPS: dict[str, GetOp] = {}
+_GET_OPS_LIMIT = 4096  # decoded names come from peers, so the cache must stay bounded
+
+
+def get_op(name: str) -> GetOp:
+    """The ``GetOp`` for ``name``, shared while the cache has room (ops are immutable)."""
+    op = _GET_OPS.get(name)
+    if op is None:
+        op = GetOp(name)
+        if len(_GET_OPS) < _GET_OPS_LIMIT:
+            _GET_OPS[name] = op
+    return op
+
+
+class OperationChain(BaseModel):
+    """An immutable, recorded sequence of operations, with a versioned JSON form.
+
+    Build chains with an ``OperationProxy`` and ``chain_of``; read them from JSON with
+    ``OperationChain.model_validate_json`` (or ``from_json``); write them with
+    ``model_dump_json`` (or ``to_json``). ``str(chain)`` renders readable Python for logs.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
+
+    VERSION: ClassVar[int] = CHAIN_VERSION
+
+    ops: tuple[Operation, ...] = ()
+
+    @classmethod
+    def _build(cls, ops: tuple[Operation, ...]) -> Self:
+        """Construct without validation: for ops this package built or already checked.
+
+        Pydantic's ``model_construct`` costs several microseconds; chains are built on every
+        recorded call and every decoded message, so this sets the same instance slots directly.
+        """
+        chain = _new(cls)
+        _setattr(chain, "__dict__", {"ops": ops})
+        _set_fields_set(chain, _OPS_FIELD_SET)
+        _set_extra(chain, None)
+        _set_private(chain, None)
+        return chain
+
+    @_model_validator(mode="wrap")
+    @classmethod
+    def _validate(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        # JSON input, or a mapping with "v", is the JSON form, whose arguments are
+        # codec-encoded; anything else is Python construction (``OperationChain(ops=...)``).
+        if info.mode == "json" or (isinstance(data, Mapping) and "v" in data):
+            return _codec.decode_chain(data, chain_type=cls)
+        return handler(data)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **options: Any) -> Self:
+        """Parse the JSON form; the same as ``from_json`` (pydantic's options do not apply).
+
+        Overridden so that malformed JSON raises ``DecodeError`` like every other bad chain,
+        instead of pydantic's ``ValidationError``.
+        """
+        return cls.from_json(bytes(json_data) if isinstance(json_data, bytearray) else json_data)
+
+    @model_serializer(mode="plain")
+    def _serialize(self) -> dict[str, Any]:
+        return _codec.encode_chain(self)
+
+    @classmethod
+    def from_json(cls, data: str | bytes, *, policy: ExecutionPolicy | None = None) -> Self:
+        """Parse the JSON form with the safe codec.
+
+        Input larger than the policy's ``max_encoded_size`` is refused before parsing.
+
+        Raises:
+            ChainValidationError: the JSON does not describe a chain.
+            DecodeError: the JSON, or an argument's encoding, is malformed.
+            ChainLimitError: the input is over the size limit.
+        """
+        return _codec.loads_chain(data, chain_type=cls, policy=policy)
+
+    def to_json(self) -> bytes:
+        """The versioned JSON form as UTF-8 bytes (safe codec)."""
+        return _codec.dumps_chain(self)
+
+    def __str__(self) -> str:
+        return render(self)
+
+    def __repr__(self) -> str:
+        return f"OperationChain({render(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OperationChain):
+            return NotImplemented
+        return self.ops == other.ops
+
+    # Arguments may be unhashable (lists, dicts), so chains are too, like a list of calls.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+_setattr = object.__setattr__
+_new = object.__new__
+_OPS_FIELD_SET = frozenset({"ops"})
+
+
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """The setter of one of pydantic's instance slots, called directly (cheaper than
+    ``object.__setattr__``); a plain setattr if a pydantic release stops using slots."""
+    descriptor = vars(BaseModel).get(name)
+    setter = getattr(descriptor, "__set__", None)
+    if setter is not None:
+        return cast("Callable[[Any, Any], None]", setter)
+    return lambda obj, value: _setattr(obj, name, value)
+
+
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+_MAX_VALUE_TEXT = 60
+
+
+class _ValueRepr(reprlib.Repr):
+    """Short reprs for argument values, rendering nested chains and markers inline.
+
+    Nested chains share reprlib's level budget, so the text stays short however deep, shared
+    or self-containing the arguments are. They must not go through ``repr()``, which would
+    start a fresh budget and quote each level again.
+    """
+
+    def repr_OperationChain(self, chain: OperationChain, level: int) -> str:
+        return _render(chain, level - 1) or "<target>"
+
+    def repr_Marker(self, marker: Marker, level: int) -> str:
+        return str(marker)
+
+
+_value_repr = _ValueRepr()
+_value_repr.maxstring = _MAX_VALUE_TEXT
+_value_repr.maxother = _MAX_VALUE_TEXT
+
+
+def render(chain: OperationChain) -> str:
+    """Render a chain as readable Python: ``combine(get('a'), <result>)``.
+
+    Long argument values and deep nesting are shortened (``...``), so the text suits logs and
+    inspection tables; it is not meant to be parsed back.
+    """
+    return _render(chain, _value_repr.maxlevel)
+
+
+def _render(chain: OperationChain, level: int) -> str:
+    if level <= 0:
+        return "..."
+    parts: list[str] = []
+    for op in chain.ops:
+        if type(op) is GetOp:
+            parts.append(f".{op.name}" if parts else op.name)
+        elif type(op) is ItemOp:
+            parts.append(f"[{_value_repr.repr1(op.key, level)}]")
+        else:
+            assert type(op) is CallOp
+            rendered = [_value_repr.repr1(a, level) for a in op.args]
+            rendered += [f"{k}={_value_repr.repr1(v, level)}" for k, v in op.kwargs.items()]
+            parts.append(f"({', '.join(rendered)})")
+    return "".join(parts)
+
+
+# The codec reads and writes chains, so it imports this module; importing it last, once every
+# name it needs exists, lets the methods above call it without a per-call import.
+from . import _codec  # noqa: E402

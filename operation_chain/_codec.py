@@ -1,0 +1,296 @@
+"""The value codec: a structured-clone model of Python values over JSON.
+
+Two modes:
+
+- **safe** (the default, and the only mode for data from a network peer): JSON-native values,
+  the extra builtin types listed in ``docs/operation-chains.md``, registered user types,
+  exceptions, chains and markers. Nothing else encodes, and decoding never runs pickle.
+- **trusted** (storage this process wrote): anything else falls back to cloudpickle; with a
+  ``signing_key`` every blob is HMAC-signed and a blob whose signature fails is refused.
+
+``encode``/``decode`` convert to and from a JSON-compatible tree, for embedding in larger
+documents; ``dumps``/``loads`` convert to and from UTF-8 JSON bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from ._chain import CHAIN_VERSION, OperationChain
+from ._decode import Decoder, scan
+from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported
+from ._errors import ChainValidationError, CodecError, DecodeError
+from ._policy import DEFAULT_POLICY
+from ._registry import DEFAULT_REGISTRY, TypeRegistry
+
+if TYPE_CHECKING:
+    from ._policy import ExecutionPolicy
+
+ChainT = TypeVar("ChainT", bound=OperationChain)
+
+DEFAULT_MAX_DEPTH = 100
+"""Deeper values are refused: deep recursion would exhaust the interpreter's stack, and JSON
+writers (orjson included) refuse documents nested past a few hundred levels."""
+
+
+class Codec:
+    """Encodes and decodes values; one instance per configuration, safe to share.
+
+    Args:
+        trusted: fall back to cloudpickle for types the safe mode refuses. Only for data
+            this process wrote itself; never for data from a peer.
+        signing_key: HMAC key for pickle blobs (trusted mode). With a key, unsigned or
+            badly signed blobs are refused.
+        registry: the registered user types; defaults to the one ``register_type`` fills.
+        tracebacks: include the formatted traceback of encoded exceptions.
+        max_depth: the deepest nesting accepted either way.
+    """
+
+    __slots__ = ("max_depth", "registry", "signing_key", "tracebacks", "trusted")
+
+    def __init__(
+        self,
+        *,
+        trusted: bool = False,
+        signing_key: bytes | None = None,
+        registry: TypeRegistry | None = None,
+        tracebacks: bool = True,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        if signing_key is not None and not trusted:
+            raise ValueError("signing_key applies to trusted mode only; pass trusted=True")
+        if signing_key is not None and (not isinstance(signing_key, bytes) or not signing_key):
+            raise ValueError("signing_key must be non-empty bytes")
+        if max_depth < 1:
+            raise ValueError("max_depth must be at least 1")
+        self.trusted = trusted
+        self.signing_key = signing_key
+        self.registry = registry if registry is not None else DEFAULT_REGISTRY
+        self.tracebacks = tracebacks
+        self.max_depth = max_depth
+
+    def __repr__(self) -> str:
+        mode = "trusted" if self.trusted else "safe"
+        signed = ", signed" if self.signing_key else ""
+        return f"Codec({mode}{signed})"
+
+    def encode(self, value: Any) -> Any:
+        """Encode to a JSON-compatible tree. Raises ``UnsupportedTypeError`` with a path."""
+        return self._run(value, Encoder.enc)
+
+    def decode(self, data: Any) -> Any:
+        """Decode a tree made by ``encode`` (or parsed from ``dumps`` output)."""
+        if not scan(data, self.max_depth):
+            return data
+        return self._decode_checked(data)
+
+    def _decode_checked(self, tree: Any) -> Any:
+        """Decode a tree already known to hold only JSON types."""
+        try:
+            return Decoder(self).dec(tree)
+        except RecursionError:
+            raise DecodeError("encoded data nests too deeply for the interpreter's stack") from None
+
+    def dumps(self, value: Any) -> bytes:
+        """Encode to UTF-8 JSON bytes."""
+        if _is_plain(value, self.max_depth, set()):
+            try:
+                return orjson.dumps(value)
+            except orjson.JSONEncodeError:
+                pass  # a lone surrogate in some string: the full encoder tags it
+        return _write_json(self.encode(value))
+
+    def loads(self, data: bytes | bytearray | memoryview | str) -> Any:
+        """Decode UTF-8 JSON bytes made by ``dumps``. Raises ``DecodeError`` on bad input."""
+        tree = parse_json(data)
+        if not _may_hold_tags(data):
+            return tree  # parsed JSON holds only JSON types, and no object is a tag
+        return self._decode_checked(tree)
+
+    def _run(self, value: Any, method: Any) -> Any:
+        encoder = Encoder(self)
+        try:
+            tree = method(encoder, value)
+            if not encoder.shared:
+                return tree
+            # Shared objects were found: encode again, wrapping their first visits.
+            return method(Encoder(self, encoder.shared), value)
+        except Unsupported as exc:
+            raise exc.public() from None
+        except RecursionError:
+            raise CodecError("value nests too deeply for the interpreter's stack") from None
+
+
+_TAG_OPENING = re.compile(r'\{\s*"(?:\$|\\u0024)')
+"""How any tag begins in JSON text: an object whose first key starts with ``$``. Inside a
+JSON string a quote is always escaped, so this cannot match string content."""
+
+
+def _may_hold_tags(data: bytes | bytearray | memoryview | str) -> bool:
+    if isinstance(data, str):
+        return _TAG_OPENING.search(data) is not None
+    return _TAG_OPENING_BYTES.search(data) is not None
+
+
+_TAG_OPENING_BYTES = re.compile(_TAG_OPENING.pattern.encode())
+
+
+def _write_json(tree: Any) -> bytes:
+    try:
+        return orjson.dumps(tree)
+    except orjson.JSONEncodeError as exc:
+        # Tags add JSON levels (a tuple is two), so a value within max_depth can still
+        # exceed the JSON writer's own nesting limit.
+        raise CodecError(f"the encoded value cannot be written as JSON: {exc}") from None
+
+
+def parse_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse JSON text, mapping every parser failure to ``DecodeError``."""
+    if not isinstance(data, (bytes, bytearray, memoryview, str)):
+        raise DecodeError(f"JSON input must be bytes or str, not {type(data).__name__}")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+
+
+def _is_plain(value: Any, limit: int, seen: set[int]) -> bool:
+    """Whether ``value`` is JSON-native with no sharing, so that it encodes to itself.
+
+    The hot path of ``dumps``: scalar checks are inlined because a call per item would
+    cost more than everything else.
+    """
+    kind = type(value)
+    if kind is dict:
+        if not limit or id(value) in seen:
+            return False
+        seen.add(id(value))
+        if len(value) == 1:
+            (key,) = value
+            if type(key) is str and key[:1] == "$":
+                return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            if kind is int:
+                if INT_MIN <= item <= INT_MAX:
+                    continue
+            elif kind is float:
+                if item - item == 0.0:  # false for nan and the infinities
+                    continue
+            elif (kind is dict or kind is list) and _is_plain(item, limit - 1, seen):
+                continue
+            return False
+        return True
+    if kind is list:
+        if not limit or id(value) in seen:
+            return False
+        seen.add(id(value))
+        for item in value:
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            if kind is int:
+                if INT_MIN <= item <= INT_MAX:
+                    continue
+            elif kind is float:
+                if item - item == 0.0:
+                    continue
+            elif (kind is dict or kind is list) and _is_plain(item, limit - 1, seen):
+                continue
+            return False
+        return True
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        in_range: bool = INT_MIN <= value <= INT_MAX
+        return in_range
+    return kind is float and bool(value - value == 0.0)
+
+
+SAFE_CODEC = Codec()
+"""The codec every wire uses: safe mode, default registry."""
+
+
+def encode(value: Any) -> Any:
+    """Encode ``value`` with the safe codec to a JSON-compatible tree."""
+    return SAFE_CODEC.encode(value)
+
+
+def decode(data: Any) -> Any:
+    """Decode a tree made by ``encode``, with the safe codec."""
+    return SAFE_CODEC.decode(data)
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` with the safe codec to UTF-8 JSON bytes."""
+    return SAFE_CODEC.dumps(value)
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Decode UTF-8 JSON bytes made by ``dumps``, with the safe codec."""
+    return SAFE_CODEC.loads(data)
+
+
+# -- chains: the versioned JSON form ---------------------------------------------------------
+
+
+def encode_chain(chain: OperationChain, codec: Codec = SAFE_CODEC) -> dict[str, Any]:
+    """The versioned JSON form of a chain, ``{"v": 1, "ops": [...]}``."""
+    ops = codec._run(chain, Encoder.ops)
+    return {"v": CHAIN_VERSION, "ops": ops}
+
+
+def decode_chain(
+    data: Any,
+    *,
+    chain_type: type[ChainT] = OperationChain,  # type: ignore[assignment]
+    codec: Codec = SAFE_CODEC,
+    parsed_json: bool = False,
+) -> ChainT:
+    """Read the versioned JSON form. Raises ``ChainValidationError`` or ``DecodeError``.
+
+    ``parsed_json`` says ``data`` came straight from a JSON parser, so its types need no
+    check; data from anywhere else is scanned first.
+    """
+    if type(data) is not dict and not isinstance(data, Mapping):
+        raise ChainValidationError(f"a chain must be a JSON object, not {type(data).__name__}")
+    version = data.get("v")
+    if version != CHAIN_VERSION or type(version) is not int:
+        raise ChainValidationError(
+            f"unsupported chain version {version!r}; this library reads version {CHAIN_VERSION}"
+        )
+    if len(data) != 2:
+        extra = sorted(set(data) - {"v", "ops"})
+        raise ChainValidationError(f"a chain takes the keys 'v' and 'ops', not {extra}")
+    ops = data.get("ops")
+    try:
+        if not parsed_json:
+            scan(ops, codec.max_depth)
+        return chain_type._build(Decoder(codec).ops(ops, "$"))
+    except RecursionError:
+        raise DecodeError("the chain nests too deeply for the interpreter's stack") from None
+
+
+def dumps_chain(chain: OperationChain, codec: Codec = SAFE_CODEC) -> bytes:
+    """The versioned JSON form as UTF-8 bytes."""
+    return _write_json(encode_chain(chain, codec))
+
+
+def loads_chain(
+    data: str | bytes,
+    *,
+    chain_type: type[ChainT] = OperationChain,  # type: ignore[assignment]
+    policy: ExecutionPolicy | None = None,
+    codec: Codec = SAFE_CODEC,
+) -> ChainT:
+    """Parse a chain from JSON bytes, refusing oversized input before parsing it."""
+    (policy or DEFAULT_POLICY).check_encoded_size(len(data))
+    return decode_chain(parse_json(data), chain_type=chain_type, codec=codec, parsed_json=True)

@@ -1,0 +1,156 @@
+"""The recording proxy: what it records, nesting, aliasing and what it refuses."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from operation_chain import (
+    ERROR,
+    RESULT,
+    CallOp,
+    GetOp,
+    ItemOp,
+    MixedRootsError,
+    OperationChain,
+    OperationProxy,
+    chain_of,
+)
+
+
+def test_records_gets_items_and_calls_in_order() -> None:
+    p = OperationProxy()
+    chain = chain_of(p.a(1).b.c(2, k=3)["x"])
+    assert chain.ops == (
+        GetOp("a"),
+        CallOp((1,), {}),
+        GetOp("b"),
+        GetOp("c"),
+        CallOp((2,), {"k": 3}),
+        ItemOp("x"),
+    )
+
+
+def test_the_root_records_an_empty_chain() -> None:
+    assert chain_of(OperationProxy()).ops == ()
+
+
+def test_every_step_is_a_new_proxy_and_the_parent_is_unchanged() -> None:
+    p = OperationProxy()
+    a = p.a
+    a_one = a(1)
+    a_two = a(2)
+    assert chain_of(a).ops == (GetOp("a"),)
+    assert chain_of(a_one).ops[-1] == CallOp((1,), {})
+    assert chain_of(a_two).ops[-1] == CallOp((2,), {})
+
+
+def test_a_proxy_argument_becomes_a_nested_chain() -> None:
+    p = OperationProxy()
+    chain = chain_of(p.combine(p.get("a"), key=p.b))
+    call = chain.ops[1]
+    assert isinstance(call, CallOp)
+    assert isinstance(call.args[0], OperationChain)
+    assert call.args[0].ops == (GetOp("get"), CallOp(("a",), {}))
+    assert call.kwargs["key"].ops == (GetOp("b"),)
+
+
+def test_proxies_inside_lists_tuples_dicts_and_item_keys_become_chains() -> None:
+    p = OperationProxy()
+    chain = chain_of(p.f([p.a], (1, p.b), {"k": [p.c]}))
+    args = chain.ops[1].args  # type: ignore[union-attr]
+    assert isinstance(args[0][0], OperationChain)
+    assert isinstance(args[1][1], OperationChain)
+    assert type(args[1]) is tuple
+    assert isinstance(args[2]["k"][0], OperationChain)
+    item = chain_of(p[p.key])
+    assert isinstance(item.ops[0].key, OperationChain)  # type: ignore[union-attr]
+
+
+def test_containers_without_proxies_are_recorded_as_the_same_objects() -> None:
+    p = OperationProxy()
+    payload = {"a": [1, 2]}
+    items = [payload]
+    chain = chain_of(p.f(payload, items, k=items))
+    call = chain.ops[1]
+    assert isinstance(call, CallOp)
+    assert call.args[0] is payload
+    assert call.args[1] is items
+    assert call.kwargs["k"] is items
+
+
+def test_the_same_proxy_used_twice_yields_the_same_chain_object() -> None:
+    p = OperationProxy()
+    x = p.load()
+    chain = chain_of(p.pair(x, [x]))
+    args = chain.ops[1].args  # type: ignore[union-attr]
+    assert args[0] is args[1][0]
+    assert chain_of(x) is chain_of(x)
+
+
+def test_markers_are_recorded_as_themselves() -> None:
+    p = OperationProxy()
+    call = chain_of(p.handle(RESULT, err=ERROR)).ops[1]
+    assert isinstance(call, CallOp)
+    assert call.args[0] is RESULT
+    assert call.kwargs["err"] is ERROR
+
+
+def test_mixing_proxies_of_two_roots_is_refused_at_record_time() -> None:
+    p, q = OperationProxy(), OperationProxy()
+    with pytest.raises(MixedRootsError, match="another root"):
+        p.f(q.g())
+    with pytest.raises(MixedRootsError):
+        p.f(items=[{"k": q}])
+    with pytest.raises(MixedRootsError):
+        p[q.key]
+
+
+def test_dunder_names_are_not_recorded() -> None:
+    p = OperationProxy()
+    with pytest.raises(AttributeError):
+        p.__deepcopy__  # noqa: B018
+    assert not hasattr(p, "__array_interface__")
+    # copy falls back to the default protocol instead of calling a recorded chain.
+    assert chain_of(copy.copy(p.a)).ops == (GetOp("a"),)
+
+
+def test_private_names_are_recorded_and_left_to_the_policy() -> None:
+    assert chain_of(OperationProxy()._secret).ops == (GetOp("_secret"),)
+
+
+def test_iteration_and_membership_are_refused_instead_of_looping_forever() -> None:
+    p = OperationProxy()
+    with pytest.raises(TypeError, match="not iterable"):
+        list(p)
+    with pytest.raises(TypeError, match="'in'"):
+        1 in p  # noqa: B015
+
+
+def test_assignment_is_refused() -> None:
+    p = OperationProxy()
+    with pytest.raises(AttributeError):
+        p.name = "x"  # type: ignore[misc]
+
+
+def test_a_proxy_is_truthy_and_has_a_readable_repr() -> None:
+    p = OperationProxy()
+    assert p.a(1)
+    assert repr(p.a(1).b) == "OperationProxy('a(1).b')"
+
+
+def test_chain_of_refuses_anything_but_a_proxy() -> None:
+    with pytest.raises(TypeError, match="takes an OperationProxy"):
+        chain_of("a")  # type: ignore[arg-type]
+
+
+def test_subclasses_record_their_own_type_and_keep_class_attributes() -> None:
+    class Recorder(OperationProxy):
+        __slots__ = ()
+        result = RESULT
+
+    r = Recorder()
+    step = r.handle(r.result)
+    assert type(step) is Recorder
+    assert chain_of(step).ops[1] == CallOp((RESULT,), {})
