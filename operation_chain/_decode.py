@@ -43,30 +43,25 @@ def scan(value: Any, limit: int, depth: int = 0) -> bool:
     kind = type(value)
     if kind is dict:
         found = False
-        if len(value) == 1:
-            (key,) = value
-            found = type(key) is str and key[:1] == "$"
-        for key, item in value.items():
+        for key in value:
             if type(key) is not str:
                 raise DecodeError(f"encoded data has a non-string object key {key!r}")
-            kind = type(item)
-            if (kind is dict or kind is list) and scan(item, limit, depth + 1):
-                found = True
-            elif kind not in _JSON_SCALARS and kind is not dict and kind is not list:
-                raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
-        return found
-    if kind is list:
+            found = len(value) == 1 and key[:1] == "$"
+        items: Any = value.values()
+    elif kind is list:
         found = False
-        for item in value:
-            kind = type(item)
-            if (kind is dict or kind is list) and scan(item, limit, depth + 1):
-                found = True
-            elif kind not in _JSON_SCALARS and kind is not dict and kind is not list:
-                raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
-        return found
-    if kind in _JSON_SCALARS:
+        items = value
+    elif kind in _JSON_SCALARS:
         return False
-    raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
+    else:
+        raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            found = scan(item, limit, depth + 1) or found
+        elif kind not in _JSON_SCALARS:
+            raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
+    return found
 
 
 class _Pending:

@@ -365,15 +365,19 @@ class Encoder:
 
     def ops(self, chain: OperationChain) -> list[Any]:
         self.descend()
-        out: list[Any] = []
-        index = 0
-        try:
-            for index, op in enumerate(chain.ops):  # noqa: B007 - read in the handler
-                out.append(self.op(op))
-        except Unsupported as exc:
-            exc.parts.append(f".ops[{index}]")
-            raise
+        out = self.indexed(chain.ops, self.op, ".ops")
         self.depth -= 1
+        return out
+
+    def indexed(self, values: Any, encode: Any, label: str) -> list[Any]:
+        """Encode each value; a failure's path names its index under ``label``."""
+        out: list[Any] = []
+        try:
+            for value in values:
+                out.append(encode(value))
+        except Unsupported as exc:
+            exc.parts.append(f"{label}[{len(out)}]")
+            raise
         return out
 
     def op(self, op: Any) -> dict[str, Any]:
@@ -387,19 +391,9 @@ class Encoder:
                 exc.parts.append(".key")
                 raise
         if kind is CallOp:
-            return {"op": "call", "args": self.call_args(op), "kwargs": self.call_kwargs(op)}
+            args = self.indexed(op.args, self.enc, ".args")
+            return {"op": "call", "args": args, "kwargs": self.call_kwargs(op)}
         raise Unsupported(type_name(op), "not an operation (GetOp, ItemOp or CallOp)")
-
-    def call_args(self, op: CallOp) -> list[Any]:
-        out: list[Any] = []
-        index = 0
-        try:
-            for index, arg in enumerate(op.args):  # noqa: B007 - read in the handler
-                out.append(self.enc(arg))
-        except Unsupported as exc:
-            exc.parts.append(f".args[{index}]")
-            raise
-        return out
 
     def call_kwargs(self, op: CallOp) -> dict[str, Any]:
         out: dict[str, Any] = {}

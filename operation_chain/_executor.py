@@ -140,10 +140,11 @@ class _Run:
 
     def call_resolved(self, callee: Any, op: CallOp) -> Any:
         """Call ``callee`` with the resolved arguments of ``op``, whose nested chains ran."""
+        # Checked before the arguments resolve, so a refused call runs none of its nested chains.
+        self.check_call(callee)
         built: dict[int, Any] = {}
         args = [self.resolve(value, built) for value in op.args]
         kwargs = {name: self.resolve(value, built) for name, value in op.kwargs.items()}
-        self.check_call(callee)
         return callee(*args, **kwargs)
 
     def resolve(self, value: Any, built: dict[int, Any]) -> Any:
@@ -245,6 +246,7 @@ class _AsyncRun(_Run):
                 value = getattr(value, op.name)
             elif type(op) is CallOp:
                 if _call_is_dynamic(op):
+                    check_call(value)  # before any nested chain of the call runs
                     await self.run_nested((*op.args, *op.kwargs.values()))
                     value = self.call_resolved(value, op)
                 else:

@@ -27,6 +27,7 @@ from operation_chain import (
     Codec,
     CodecError,
     DecodeError,
+    OperationChain,
     OperationChainError,
     OperationProxy,
     RemoteError,
@@ -287,6 +288,12 @@ def test_key_order_is_kept() -> None:
 
 
 # -- identity -----------------------------------------------------------------------------------
+
+
+def test_a_shared_dict_in_otherwise_plain_json_keeps_identity() -> None:
+    inner = {"k": 1}
+    back = roundtrip([inner, inner])
+    assert back[0] is back[1]
 
 
 def test_a_shared_list_is_one_object_after_decoding() -> None:
@@ -741,3 +748,136 @@ def test_codec_options_are_validated() -> None:
         Codec(max_depth=0)
     assert repr(Codec(trusted=True, signing_key=b"k")) == "Codec(trusted, signed)"
     assert repr(Codec()) == "Codec(safe)"
+
+
+# -- remaining paths ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": 2**70}, [2**70], {"a": float("nan")}, [float("-inf")], {"a": [b"x"]}, [[(1,)]]],
+)
+def test_values_that_look_json_native_but_are_not_take_the_full_path(value: Any) -> None:
+    assert equivalent(roundtrip(value), value)
+
+
+def test_a_shared_dict_with_non_string_keys_keeps_identity_and_cycles() -> None:
+    table: dict[Any, Any] = {1: "one"}
+    table[2] = table
+    back = roundtrip([table, table])
+    assert back[0] is back[1]
+    assert back[0][2] is back[0]
+
+
+def test_a_shared_nested_chain_is_one_object_after_decoding() -> None:
+    p = OperationProxy()
+    x = chain_of(p.load())
+    back = roundtrip({"a": x, "b": [x]})
+    assert back["a"] is back["b"][0]
+    assert back["a"] == x
+
+
+def test_unsupported_values_in_chain_keys_and_kwargs_name_their_place() -> None:
+    p = OperationProxy()
+    with pytest.raises(UnsupportedTypeError) as info:
+        dumps(chain_of(p[object()]))
+    assert info.value.path == "$.ops[0].key"
+    with pytest.raises(UnsupportedTypeError) as info:
+        chain_of(p.f(1, when=object())).to_json()
+    assert info.value.path == "$.ops[1].kwargs.when"
+    with pytest.raises(UnsupportedTypeError) as info:
+        chain_of(p.f(1, [object()])).to_json()
+    assert info.value.path == "$.ops[1].args[1][0]"
+
+
+def test_an_operation_of_an_unknown_type_is_refused() -> None:
+    with pytest.raises(UnsupportedTypeError, match="not an operation"):
+        dumps(OperationChain._build(("get",)))  # type: ignore[arg-type]
+
+
+def test_values_deeper_than_the_interpreter_stack_are_codec_errors() -> None:
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    roomy = Codec(max_depth=100_000)
+    with pytest.raises(CodecError, match="too deeply"):
+        roomy.encode(deep)
+    with pytest.raises(DecodeError, match="too deeply"):
+        roomy.decode(deep)
+    with pytest.raises(DecodeError, match="too deeply"):
+        roomy.decode([deep, {"$tuple": []}])
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        roomy.loads("[" * 5000 + "]" * 5000)  # past the JSON parser's own limit
+
+
+def test_a_decoded_chain_deeper_than_the_stack_is_a_decode_error() -> None:
+    from operation_chain._codec import decode_chain
+
+    ops: Any = []
+    for _ in range(3000):
+        ops = [{"op": "call", "args": [{"$chain": ops}]}]
+    with pytest.raises(DecodeError, match="too deeply"):
+        decode_chain({"v": 1, "ops": ops}, codec=Codec(max_depth=100_000))
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        ([b"raw"], "holds a bytes"),
+        ({"$obj": ["tests.Color", {}]}, "cannot rebuild"),
+        ({"$id": [0, {"$obj": ["tests.Color", {}]}]}, "cannot rebuild"),
+    ],
+)
+def test_more_malformed_trees_are_refused(tree: Any, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode(tree)
+
+
+def test_a_missing_dataclass_field_takes_its_default_factory() -> None:
+    @register_type(name="tests.Basket")
+    @dataclasses.dataclass
+    class Basket:
+        items: list[str] = dataclasses.field(default_factory=list)
+
+    back = decode({"$obj": ["tests.Basket", {}]})
+    assert back == Basket()
+    assert back.items is not decode({"$obj": ["tests.Basket", {}]}).items
+
+
+def test_a_malformed_pickle_body_is_refused_by_a_trusted_codec() -> None:
+    with pytest.raises(DecodeError, match="base64 data, signature"):
+        Codec(trusted=True).decode({"$pickle": "AA=="})
+
+
+def test_register_type_as_a_plain_call_uses_the_qualified_name() -> None:
+    @dataclasses.dataclass
+    class Plain:
+        x: int
+
+    assert register_type(Plain) is Plain
+    assert encode(Plain(1))["$obj"][0].endswith("Plain")
+
+
+def test_register_type_refuses_bad_names_and_non_classes() -> None:
+    @dataclasses.dataclass
+    class Named:
+        x: int
+
+    with pytest.raises(ValueError, match="non-empty string"):
+        register_type(Named, name="")
+    with pytest.raises(TypeError):
+        register_type(5)  # type: ignore[call-overload]
+
+
+def test_plain_json_with_floats_is_written_as_plain_json() -> None:
+    value = {"x": 1.5, "y": [2.5, -0.25]}
+    assert dumps(value) == b'{"x":1.5,"y":[2.5,-0.25]}'
+    assert loads(dumps(value)) == value
+
+
+def test_json_that_the_parser_accepts_but_the_stack_cannot_decode_is_a_decode_error() -> None:
+    text = "[" * 1000 + '{"$tuple":[]}' + "]" * 1000  # within the parser's 1024 levels
+    with pytest.raises(DecodeError, match="too deeply"):
+        Codec(max_depth=100_000).loads(text)
+    with pytest.raises(DecodeError, match="deeper than 100"):
+        loads(text)

@@ -692,3 +692,33 @@ def test_a_private_name_anywhere_is_refused_before_anything_runs(chain: Operatio
     with pytest.raises(ChainSecurityError, match="private"):
         execute_operation_chain(target, chain)
     assert target.touched == []
+
+
+class _Factory:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def make(self) -> type:
+        return dict
+
+    def record(self, name: str) -> str:
+        self.calls.append(name)
+        return name
+
+
+def test_a_refused_call_runs_none_of_its_nested_chains() -> None:
+    target = _Factory()
+    p = OperationProxy()
+    chain = chain_of(p.make()(p.record("nested")))
+    with pytest.raises(ChainSecurityError, match="class"):
+        execute_operation_chain(target, chain)
+    assert target.calls == []
+
+
+async def test_a_refused_async_call_runs_none_of_its_nested_chains() -> None:
+    target = _Factory()
+    p = OperationProxy()
+    chain = chain_of(p.make()(p.record("nested")))
+    with pytest.raises(ChainSecurityError, match="class"):
+        await execute_operation_chain_async(target, chain)
+    assert target.calls == []

@@ -154,3 +154,23 @@ def test_subclasses_record_their_own_type_and_keep_class_attributes() -> None:
     step = r.handle(r.result)
     assert type(step) is Recorder
     assert chain_of(step).ops[1] == CallOp((RESULT,), {})
+
+
+def test_only_the_containers_holding_proxies_are_rebuilt() -> None:
+    p = OperationProxy()
+    plain = {"a": 1}
+    call = chain_of(p.f(plain, p.x, {"k": p.y})).ops[1]
+    assert isinstance(call, CallOp)
+    assert call.args[0] is plain
+    assert isinstance(call.args[2]["k"], OperationChain)
+
+
+def test_markers_are_singletons_that_survive_pickling() -> None:
+    import pickle
+
+    from operation_chain import Marker
+
+    assert Marker("result") is RESULT
+    assert pickle.loads(pickle.dumps(ERROR)) is ERROR
+    with pytest.raises(ValueError, match="unknown marker"):
+        Marker("later")  # type: ignore[arg-type]
