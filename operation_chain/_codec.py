@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -24,11 +24,8 @@ from ._chain import CHAIN_VERSION, OperationChain
 from ._decode import Decoder, scan
 from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported
 from ._errors import ChainValidationError, CodecError, DecodeError
-from ._policy import DEFAULT_POLICY
+from ._policy import DEFAULT_POLICY, ExecutionPolicy
 from ._registry import DEFAULT_REGISTRY, TypeRegistry
-
-if TYPE_CHECKING:
-    from ._policy import ExecutionPolicy
 
 ChainT = TypeVar("ChainT", bound=OperationChain)
 

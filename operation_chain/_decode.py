@@ -292,7 +292,7 @@ class Decoder:
                 raise SignatureError("pickle data failed its HMAC signature check")
         elif body[1] is not None:
             raise SignatureError("signed pickle data, but this codec has no signing key")
-        import cloudpickle
+        import cloudpickle  # on first use: only trusted codecs need it, and it is slow to load
 
         return cloudpickle.loads(blob)
 

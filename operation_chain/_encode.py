@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from ._chain import CallOp, GetOp, ItemOp, OperationChain
 from ._errors import RemoteError, UnsupportedTypeError
 from ._markers import Marker
+from ._proxy import OperationProxy
 
 if TYPE_CHECKING:
     from ._codec import Codec
@@ -345,7 +346,7 @@ class Encoder:
         return "".join(traceback.format_exception(exc))
 
     def pickled(self, value: Any) -> Any:
-        import cloudpickle
+        import cloudpickle  # on first use: only trusted codecs need it, and it is slow to load
 
         try:
             blob = cloudpickle.dumps(value)
@@ -422,8 +423,6 @@ def _encode_odd_str(text: str) -> Any:
 
 
 def _unsupported_reason(value: Any) -> str:
-    from ._proxy import OperationProxy
-
     if isinstance(value, OperationProxy):
         return "pass proxies as direct arguments, list items or dict values, or use chain_of()"
     if dataclasses.is_dataclass(value) or isinstance(value, (BaseModel, enum.Enum)):

@@ -177,12 +177,11 @@ class ExecutionPolicy(BaseModel):
         """
         kind = type(callee)
         if kind is BuiltinFunctionType:
-            if getattr(callee, "__name__", "") in _FORMATTERS and isinstance(
-                getattr(callee, "__self__", None), str
-            ):
+            name = getattr(callee, "__name__", "")
+            if name in _FORMATTERS and isinstance(getattr(callee, "__self__", None), str):
                 raise ChainSecurityError(
-                    f"refused call of str.{callee.__name__}: a format string reads attributes"  # type: ignore[attr-defined]
-                    " the policy cannot check"
+                    f"refused call of str.{name}: a format string reads attributes the policy"
+                    " cannot check"
                 )
             return
         if kind in _FUNCTION_TYPES:
