@@ -64,6 +64,19 @@ class CallOp:
 
 Operation = GetOp | ItemOp | CallOp
 
+_set_args = CallOp.__dict__["args"].__set__
+_set_kwargs = CallOp.__dict__["kwargs"].__set__
+
+
+def call_op(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CallOp:
+    """``CallOp(args, kwargs)`` for hot paths: the frozen dataclass constructor costs three
+    times as much, and every recorded or decoded call builds one."""
+    op: CallOp = object.__new__(CallOp)
+    _set_args(op, args)
+    _set_kwargs(op, kwargs)
+    return op
+
+
 NO_ARGUMENTS: CallOp = CallOp((), MappingProxyType({}))
 """The call with no arguments, shared: ``p.refresh()`` is common and needs no new object."""
 

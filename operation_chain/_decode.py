@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from ._chain import _GET_OPS, NO_ARGUMENTS, CallOp, ItemOp, Operation, OperationChain, get_op
+from ._chain import _GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op, get_op
 from ._encode import SAFE_EXCEPTIONS
 from ._errors import ChainValidationError, DecodeError, RemoteError, SignatureError
 from ._markers import Marker
@@ -324,7 +324,7 @@ class Decoder:
                 ):
                     if not args and not kwargs:
                         return NO_ARGUMENTS
-                    return CallOp(
+                    return call_op(
                         tuple([a if type(a) in _SCALAR_SET else self.dec(a) for a in args])
                         if args
                         else (),

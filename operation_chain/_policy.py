@@ -52,6 +52,11 @@ _M = TypeVar("_M")
 _FORMATTERS: Final = frozenset({"format", "format_map"})
 _KWARGS_TYPES: Final = frozenset({dict, MappingProxyType})  # skip the slow ABC check
 
+# First members (class, name, followed by a call, strict) that passed the static check; bounded
+# because classes can be made at run time.
+_PASSED_FIRST: Final[set[tuple[type, str, bool, bool]]] = set()
+_PASSED_FIRST_LIMIT: Final = 4096
+
 _EXPOSED: Final = "__operation_chain_exposed__"
 _MISSING: Final = object()
 
@@ -411,6 +416,14 @@ class _StaticCheck:
         if type(first) is CallOp:
             _check_call(policy, target)
         elif type(first) is GetOp:
+            # Everything below depends only on the class, the name and the policy, so a
+            # verdict that passed is remembered. Should the class later be changed to hold a
+            # class or module under that name, the runtime checks still refuse it before any
+            # call (and its nested chains) runs.
+            calls = len(ops) > 1 and type(ops[1]) is CallOp
+            verdict = (type(target), first.name, calls, policy.strict)
+            if verdict in _PASSED_FIRST:
+                return
             if policy.strict or isinstance(target, ModuleType) or type(target) in _INTERNAL_TYPES:
                 _check_get(policy, target, first.name)  # private names: refused by the walk
             member = _class_member(type(target), first.name)
@@ -421,8 +434,10 @@ class _StaticCheck:
                     f"refused attribute {first.name!r}: it is the module {member.__name__!r},"
                     " and modules are not reachable through a chain"
                 )
-            if len(ops) > 1 and type(ops[1]) is CallOp:
+            if calls:
                 _check_call(policy, member)
+            if len(_PASSED_FIRST) < _PASSED_FIRST_LIMIT:
+                _PASSED_FIRST.add(verdict)
 
     def _refuse_depth(self, depth: int) -> NoReturn:
         raise ChainLimitError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._chain import _GET_OPS, NO_ARGUMENTS, CallOp, ItemOp, Operation, OperationChain, get_op
+from ._chain import _GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op, get_op
 from ._errors import MixedRootsError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class OperationProxy:
             convert = self._proxy_argument
             args = tuple([convert(a) for a in args])
             kwargs = {k: convert(v) for k, v in kwargs.items()}
-        return self._proxy_derive(CallOp(args, kwargs))
+        return self._proxy_derive(call_op(args, kwargs))
 
     def __iter__(self) -> Any:
         # Without this, __getitem__ would make ``list(proxy)`` record p[0], p[1], ... forever.

@@ -709,3 +709,40 @@ def test_other_string_methods_and_partials_of_functions_stay_callable() -> None:
     p = OperationProxy()
     assert execute_operation_chain(Target(), chain_of(p.echo("a b").split())) == ["a", "b"]
     assert execute_operation_chain(Target(), chain_of(p.add(2))) == 3
+
+
+def test_a_member_replaced_by_a_class_after_a_cached_verdict_is_still_refused_in_time() -> None:
+    class Mutable:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def make(self, value: object) -> object:
+            return value
+
+        def record(self, name: str) -> str:
+            self.calls.append(name)
+            return name
+
+    target = Mutable()
+    p = OperationProxy()
+    chain = chain_of(p.make(p.record("nested")))
+    assert execute_operation_chain(target, chain) == "nested"  # the verdict is now cached
+    Mutable.make = dict  # type: ignore[assignment,method-assign]
+    target.calls.clear()
+    with pytest.raises(ChainSecurityError, match="class 'dict'"):
+        execute_operation_chain(target, chain)
+    assert target.calls == []
+
+
+def test_the_first_member_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operation_chain import _policy
+
+    monkeypatch.setattr(_policy, "_PASSED_FIRST_LIMIT", len(_policy._PASSED_FIRST))
+    before = set(_policy._PASSED_FIRST)
+
+    class Fresh:
+        def ping(self) -> str:
+            return "pong"
+
+    assert execute_operation_chain(Fresh(), chain_of(OperationProxy().ping())) == "pong"
+    assert before == _policy._PASSED_FIRST
