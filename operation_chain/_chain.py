@@ -54,7 +54,7 @@ class ItemOp:
     key: Any
 
 
-@dataclass(frozen=True, slots=True, eq=True)
+@dataclass(frozen=True, slots=True)
 class CallOp:
     """Call the current value with ``args`` and ``kwargs``."""
 
