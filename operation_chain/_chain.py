@@ -80,18 +80,24 @@ def call_op(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CallOp:
 NO_ARGUMENTS: CallOp = CallOp((), MappingProxyType({}))
 """The call with no arguments, shared: ``p.refresh()`` is common and needs no new object."""
 
-_GET_OPS: dict[str, GetOp] = {}
-_GET_OPS_LIMIT = 4096  # decoded names come from peers, so the cache must stay bounded
 
+class _GetOpCache(dict[str, GetOp]):
+    """``GET_OPS[name]`` is the ``GetOp`` for ``name``, shared while the cache has room.
 
-def get_op(name: str) -> GetOp:
-    """The ``GetOp`` for ``name``, shared while the cache has room (ops are immutable)."""
-    op = _GET_OPS.get(name)
-    if op is None:
+    Ops are immutable, so one per name serves every chain; a hit is a single dict lookup.
+    Decoded names come from peers, so the cache stays bounded.
+    """
+
+    limit = 4096
+
+    def __missing__(self, name: str) -> GetOp:
         op = GetOp(name)
-        if len(_GET_OPS) < _GET_OPS_LIMIT:
-            _GET_OPS[name] = op
-    return op
+        if len(self) < self.limit:
+            self[name] = op
+        return op
+
+
+GET_OPS = _GetOpCache()
 
 
 class OperationChain(BaseModel):
@@ -140,14 +146,16 @@ class OperationChain(BaseModel):
         Overridden so that malformed JSON raises ``DecodeError`` like every other bad chain,
         instead of pydantic's ``ValidationError``.
         """
-        return cls.from_json(bytes(json_data) if isinstance(json_data, bytearray) else json_data)
+        return cls.from_json(json_data)
 
     @model_serializer(mode="plain")
     def _serialize(self) -> dict[str, Any]:
         return _codec.encode_chain(self)
 
     @classmethod
-    def from_json(cls, data: str | bytes, *, policy: ExecutionPolicy | None = None) -> Self:
+    def from_json(
+        cls, data: str | bytes | bytearray, *, policy: ExecutionPolicy | None = None
+    ) -> Self:
         """Parse the JSON form with the safe codec.
 
         Input larger than the policy's ``max_encoded_size`` is refused before parsing.

@@ -81,16 +81,13 @@ class Codec:
 
     def decode(self, data: Any) -> Any:
         """Decode a tree made by ``encode`` (or parsed from ``dumps`` output)."""
-        try:
-            if not scan(data, self.max_depth):
-                return data
-            return Decoder(self).dec(data)
-        except RecursionError:
-            raise _too_deep() from None
+        return self._decode(data, parsed_json=False)
 
-    def _decode_checked(self, tree: Any) -> Any:
-        """Decode a tree already known to hold only JSON types."""
+    def _decode(self, tree: Any, *, parsed_json: bool) -> Any:
+        """Decode a tree; one straight from a JSON parser needs no check of its types."""
         try:
+            if not parsed_json and not scan(tree, self.max_depth):
+                return tree
             return Decoder(self).dec(tree)
         except RecursionError:
             raise _too_deep() from None
@@ -109,7 +106,7 @@ class Codec:
         tree = parse_json(data)
         if not _may_hold_tags(data):
             return tree  # parsed JSON holds only JSON types, and no object is a tag
-        return self._decode_checked(tree)
+        return self._decode(tree, parsed_json=True)
 
     def _run(self, value: Any, method: Any) -> Any:
         encoder = Encoder(self)
@@ -290,7 +287,7 @@ def dumps_chain(chain: OperationChain, codec: Codec = SAFE_CODEC) -> bytes:
 
 
 def loads_chain(
-    data: str | bytes,
+    data: str | bytes | bytearray,
     *,
     chain_type: type[ChainT] = OperationChain,  # type: ignore[assignment]
     policy: ExecutionPolicy | None = None,

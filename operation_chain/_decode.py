@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from ._chain import _GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op, get_op
+from ._chain import GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op
 from ._encode import SAFE_EXCEPTIONS
 from ._errors import ChainValidationError, DecodeError, RemoteError, SignatureError
 from ._markers import Marker
@@ -29,8 +29,7 @@ from ._markers import Marker
 if TYPE_CHECKING:
     from ._codec import Codec
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
-_SCALAR_SET = frozenset(_JSON_SCALARS)
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def scan(value: Any, limit: int, depth: int = 0) -> bool:
@@ -90,13 +89,13 @@ class Decoder:
             self.descend()
             dec = self.dec
             # Scalars, the bulk of most data, skip the call to dec().
-            out = {k: v if type(v) in _SCALAR_SET else dec(v) for k, v in value.items()}
+            out = {k: v if type(v) in _JSON_SCALARS else dec(v) for k, v in value.items()}
             self.depth -= 1
             return out
         if kind is list:
             self.descend()
             dec = self.dec
-            items = [v if type(v) in _SCALAR_SET else dec(v) for v in value]
+            items = [v if type(v) in _JSON_SCALARS else dec(v) for v in value]
             self.depth -= 1
             return items
         return value
@@ -313,7 +312,7 @@ class Decoder:
             if kind == "get":
                 name = data.get("name")
                 if len(data) == 2 and type(name) is str and name:
-                    return _GET_OPS.get(name) or get_op(name)
+                    return GET_OPS[name]
             elif kind == "call":
                 args = data.get("args", ())
                 kwargs = data.get("kwargs", _NO_KWARGS)
@@ -325,10 +324,13 @@ class Decoder:
                     if not args and not kwargs:
                         return NO_ARGUMENTS
                     return call_op(
-                        tuple([a if type(a) in _SCALAR_SET else self.dec(a) for a in args])
+                        tuple([a if type(a) in _JSON_SCALARS else self.dec(a) for a in args])
                         if args
                         else (),
-                        {k: v if type(v) in _SCALAR_SET else self.dec(v) for k, v in kwargs.items()}
+                        {
+                            k: v if type(v) in _JSON_SCALARS else self.dec(v)
+                            for k, v in kwargs.items()
+                        }
                         if kwargs
                         else {},
                     )

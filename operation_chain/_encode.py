@@ -98,7 +98,11 @@ def _key_part(key: Any) -> str:
 
 
 def type_name(value: Any) -> str:
-    cls = type(value)
+    return qualified_name(type(value))
+
+
+def qualified_name(cls: type) -> str:
+    """``ValueError`` for builtins, ``module.QualName`` for everything else."""
     return (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
@@ -324,12 +328,7 @@ class Encoder:
         }
 
     def exception_name(self, cls: type[BaseException]) -> str:
-        registered = self.codec.registry.name_of(cls)
-        if registered is not None:
-            return registered
-        if cls.__module__ == "builtins":
-            return cls.__qualname__
-        return f"{cls.__module__}.{cls.__qualname__}"
+        return self.codec.registry.name_of(cls) or qualified_name(cls)
 
     def exception_args(self, exc: BaseException) -> Any:
         """The args, or ``None`` when they cannot be encoded (the message still travels)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._chain import _GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op, get_op
+from ._chain import GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op
 from ._errors import MixedRootsError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class OperationProxy:
     def __getattr__(self, name: str) -> Self:
         if name[0] == "_" and name[:2] == "__" and name[-2:] == "__":
             raise AttributeError(name)
-        return self._proxy_derive(_GET_OPS.get(name) or get_op(name))
+        return self._proxy_derive(GET_OPS[name])
 
     def __getitem__(self, key: Any) -> Self:
         return self._proxy_derive(ItemOp(self._proxy_argument(key)))

@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import enum
 import math
-import uuid
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -164,8 +163,6 @@ def equivalent(a: Any, b: Any, _seen: dict[int, int] | None = None) -> bool:
         return all(equivalent(a[k], b[k], seen) for k in a)
     if isinstance(a, Point):
         return equivalent(a.x, b.x, seen) and equivalent(a.y, b.y, seen)
-    if isinstance(a, uuid.UUID | dt.date | dt.timedelta | bytes | bytearray):
-        return bool(a == b)
     return bool(a == b)
 
 

@@ -276,10 +276,10 @@ def test_rendering_a_chain_that_contains_itself_terminates() -> None:
 def test_the_shared_get_op_cache_stays_bounded_under_hostile_names() -> None:
     from operation_chain import _chain
 
-    for i in range(_chain._GET_OPS_LIMIT + 100):
+    for i in range(_chain.GET_OPS.limit + 100):
         OperationChain.from_json(f'{{"v": 1, "ops": [{{"op": "get", "name": "n{i}"}}]}}')
-    assert len(_chain._GET_OPS) <= _chain._GET_OPS_LIMIT
-    assert _chain.get_op("n5") == GetOp("n5")
+    assert len(_chain.GET_OPS) <= _chain.GET_OPS.limit
+    assert _chain.GET_OPS["n5"] == GetOp("n5")
 
 
 def test_the_slot_setter_falls_back_to_setattr_for_unknown_slots() -> None:
