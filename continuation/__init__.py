@@ -1,5 +1,82 @@
-"""Actors and durable continuations (see DESIGN.md; built in a later issue)."""
+"""Actors with durable continuations: schedule what to do next, survive any crash.
+
+```python
+from continuation import Actor, ActorSystem, Continuation
+
+class Reminder(Actor):
+    def remind(self, text: str) -> str:
+        c = Continuation(self)
+        return self.continue_(c.deliver(text, c.result), strategy="alarm", delay=60)
+
+    def deliver(self, text: str, fired) -> None:
+        self.storage.put("last", text)
+```
+
+See ``docs/continuations.md`` for turns, strategies, retries, cancellation and inspection,
+and ``docs/testing.md`` for the manual clock.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from types import FunctionType as _FunctionType
+
+from ._actor import Actor
+from ._clock import Clock, ManualClock, SystemClock
+from ._continuation import Continuation
+from ._errors import (
+    CommitError,
+    ContinuationCancelled,
+    ContinuationChainError,
+    ContinuationError,
+    ContinuationNotFoundError,
+    ContinuationOptionsError,
+    ContinuationStateError,
+    InvalidArgumentError,
+    OutsideTurnError,
+    SchemaVersionError,
+    StoreError,
+    SystemClosedError,
+    UnknownActorError,
+)
+from ._options import AlarmOptions, RetryPolicy
+from ._records import AlarmInfo, AuditEvent, ContinuationInfo, ContinuationStatus
+from ._ref import ActorRef
+from ._storage import ActorStorage
+from ._system import ActorSystem
+
+__all__ = [
+    "Actor",
+    "ActorRef",
+    "ActorStorage",
+    "ActorSystem",
+    "AlarmInfo",
+    "AlarmOptions",
+    "AuditEvent",
+    "Clock",
+    "CommitError",
+    "Continuation",
+    "ContinuationCancelled",
+    "ContinuationChainError",
+    "ContinuationError",
+    "ContinuationInfo",
+    "ContinuationNotFoundError",
+    "ContinuationOptionsError",
+    "ContinuationStateError",
+    "ContinuationStatus",
+    "InvalidArgumentError",
+    "ManualClock",
+    "OutsideTurnError",
+    "RetryPolicy",
+    "SchemaVersionError",
+    "StoreError",
+    "SystemClock",
+    "SystemClosedError",
+    "UnknownActorError",
+]
+
+# Users see ``continuation.ActorSystem``, not the private module it lives in.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type | _FunctionType) and _obj.__module__.startswith("continuation._"):
+        _obj.__module__ = __name__
+del _name, _obj

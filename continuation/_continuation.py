@@ -1,0 +1,119 @@
+"""``Continuation``: the proxy a handler chain is recorded on, and its check against the class.
+
+A bad chain must fail when ``continue_`` is called, in the turn that made the mistake, not an
+hour later when the alarm fires; so the chain is checked against the actor class statically:
+the method exists, is public and synchronous, and the recorded arguments bind to it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+from operation_chain import (
+    ERROR,
+    RESULT,
+    CallOp,
+    GetOp,
+    ItemOp,
+    OperationChain,
+    OperationProxy,
+    chain_of,
+)
+
+from ._errors import ContinuationChainError
+
+
+class Continuation(OperationProxy):
+    """Records the handler chain of a continuation: ``c.deliver(text, c.result)``.
+
+    ``c.result`` and ``c.error`` are the ``RESULT`` and ``ERROR`` markers, replaced when the
+    chain runs by the strategy's value (an ``AlarmInfo`` for alarms) or its exception (a
+    ``ContinuationCancelled`` on cancellation). Because of them, an actor method named
+    ``result`` or ``error`` cannot be a handler.
+
+    Args:
+        target: the actor (``Continuation(self)``) or actor class the chain will run on.
+    """
+
+    __slots__ = ("_continuation_class",)
+
+    result = RESULT
+    error = ERROR
+
+    _continuation_class: type
+
+    def __init__(self, target: object) -> None:
+        super().__init__()
+        self._continuation_class = target if isinstance(target, type) else type(target)
+
+    def __repr__(self) -> str:
+        return (
+            f"Continuation({self._proxy_root._continuation_class.__name__}, {self._chain_text()!r})"
+        )
+
+    def _chain_text(self) -> str:
+        return str(chain_of(self))
+
+
+def continuation_class(proxy: Continuation) -> type:
+    """The actor class a continuation proxy was recorded for."""
+    root = proxy._proxy_root
+    assert isinstance(root, Continuation)
+    return root._continuation_class
+
+
+def check_handler_chain(cls: type, chain: OperationChain, *, role: str) -> None:
+    """Check that ``chain`` starts with a call of a public synchronous method of ``cls`` whose
+    signature accepts the recorded arguments; nested chains are checked the same way.
+
+    Operations after the first call act on whatever the method returns, which cannot be
+    known statically; the executor's policy checks them when the chain runs.
+    """
+    ops = chain.ops
+    if len(ops) < 2 or not isinstance(ops[0], GetOp) or not isinstance(ops[1], CallOp):
+        raise ContinuationChainError(
+            f"the {role} {str(chain)!r} must start with a method call, like c.handle(c.result)"
+        )
+    name, call = ops[0].name, ops[1]
+    where = f"{cls.__name__}.{name}"
+    if name.startswith("_"):
+        raise ContinuationChainError(f"{where} is private; a handler must be a public method")
+    member = inspect.getattr_static(cls, name, None)
+    function = member.__func__ if isinstance(member, staticmethod | classmethod) else member
+    if not inspect.isfunction(function):
+        raise ContinuationChainError(f"{where} is not a method of {cls.__name__}")
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise ContinuationChainError(
+            f"{where} is async; handlers run as synchronous turns so that all their writes "
+            "commit together. Make it a plain def, and hand slow work to a strategy that "
+            "continues with another handler"
+        )
+    bound_args: tuple[Any, ...] = call.args
+    if not isinstance(member, staticmethod):
+        bound_args = (None, *bound_args)
+    try:
+        inspect.signature(function).bind(*bound_args, **call.kwargs)
+    except TypeError as exc:
+        raise ContinuationChainError(f"{where}{str(chain)[len(name) :]!s}: {exc}") from None
+    for nested in _nested_chains(ops):
+        check_handler_chain(cls, nested, role=role)
+
+
+def _nested_chains(ops: tuple[Any, ...]) -> Iterator[OperationChain]:
+    for op in ops:
+        if isinstance(op, CallOp):
+            yield from _chains_in((*op.args, *op.kwargs.values()))
+        elif isinstance(op, ItemOp):
+            yield from _chains_in((op.key,))
+
+
+def _chains_in(values: tuple[Any, ...]) -> Iterator[OperationChain]:
+    for value in values:
+        if isinstance(value, OperationChain):
+            yield value
+        elif isinstance(value, list | tuple):
+            yield from _chains_in(tuple(value))
+        elif isinstance(value, dict):
+            yield from _chains_in(tuple(value.values()))

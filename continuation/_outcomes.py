@@ -1,0 +1,101 @@
+"""How a continuation's row changes when it fires, fails, halts, or is cancelled or retried.
+
+Pure functions of the row as read and the time: the scheduler and the system build a
+``RowUpdate`` with one of them and commit it in the turn that caused it.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from datetime import UTC, datetime
+
+from ._options import RetryPolicy, next_cron_time
+from ._records import ContinuationStatus
+from ._store.base import ContinuationRow, RowUpdate
+
+_rng = random.Random()
+
+
+def _update(row: ContinuationRow, **changes: object) -> RowUpdate:
+    values: dict[str, object] = {
+        "id": row.id,
+        "revision": row.revision,
+        "status": row.status,
+        "due_at": row.due_at,
+        "scheduled_at": row.scheduled_at,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "last_traceback": row.last_traceback,
+        "finished_at": row.finished_at,
+        "cancel_requested": row.cancel_requested,
+        "events": [],
+    }
+    values.update(changes)
+    return RowUpdate(**values)  # type: ignore[arg-type]
+
+
+def _finished(
+    row: ContinuationRow, status: ContinuationStatus, now: float, **changes: object
+) -> RowUpdate:
+    return _update(row, status=status, due_at=None, finished_at=now, **changes)
+
+
+def completed(row: ContinuationRow, now: float, timezone: str | None) -> RowUpdate:
+    """The handler ran: done, or for cron, due again at the next matching time."""
+    attempts = row.attempts + 1
+    if row.cron is None or row.cancel_requested:
+        status = (
+            ContinuationStatus.CANCELLED if row.cancel_requested else ContinuationStatus.COMPLETED
+        )
+        return _finished(row, status, now, attempts=attempts, events=[(status.value, None)])
+    due = next_cron_time(row.cron, timezone, max(now, row.scheduled_at))
+    when = datetime.fromtimestamp(due, UTC).isoformat()
+    return _update(
+        row, due_at=due, scheduled_at=due, attempts=0, last_error=None, last_traceback=None,
+        events=[("fired", f"next due at {when}")],
+    )  # fmt: skip
+
+
+def failed(row: ContinuationRow, now: float, exc: BaseException, retry: RetryPolicy) -> RowUpdate:
+    """The handler raised: retry after a backoff, or, with attempts used up, dead."""
+    attempts = row.attempts + 1
+    error = f"{type(exc).__qualname__}: {exc}"
+    trace = "".join(traceback.format_exception(exc))
+    events: list[tuple[str, str | None]] = [("attempt failed", f"attempt {attempts}: {error}")]
+    if attempts >= retry.max_attempts:
+        events.append(("dead", f"after {attempts} attempts"))
+        return _finished(
+            row, ContinuationStatus.DEAD, now, attempts=attempts, last_error=error,
+            last_traceback=trace, events=events,
+        )  # fmt: skip
+    due = now + retry.delay(attempts, _rng)
+    return _update(
+        row, due_at=due, attempts=attempts, last_error=error, last_traceback=trace, events=events
+    )
+
+
+def halted(row: ContinuationRow, now: float, reason: str) -> RowUpdate:
+    """It must not run against this code: ``version_mismatch``, kept for ``system.retry``."""
+    return _finished(
+        row, ContinuationStatus.VERSION_MISMATCH, now, last_error=reason,
+        events=[("version mismatch", reason)],
+    )  # fmt: skip
+
+
+def cancellation(row: ContinuationRow, now: float) -> RowUpdate:
+    """Cancelled from outside: with an error chain, due now to receive
+    ``ContinuationCancelled``; without one, cancelled at once."""
+    if row.error_chain is not None:
+        return _update(
+            row, cancel_requested=True, due_at=now, attempts=0, events=[("cancel requested", None)]
+        )
+    return _finished(row, ContinuationStatus.CANCELLED, now, events=[("cancelled", None)])
+
+
+def requeued(row: ContinuationRow, now: float) -> RowUpdate:
+    """``system.retry``: pending again, due now, with a fresh count of attempts."""
+    return _update(
+        row, status=ContinuationStatus.PENDING, due_at=now, scheduled_at=now, attempts=0,
+        finished_at=None, events=[("retried", f"was {row.status}")],
+    )  # fmt: skip

@@ -1,0 +1,81 @@
+"""What ``continue_`` does inside a turn: check everything, then buffer the new row."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from operation_chain import OperationChain, chain_of
+
+from ._continuation import Continuation, check_handler_chain, continuation_class
+from ._errors import ContinuationChainError
+from ._options import AlarmOptions, parse_options
+from ._store.base import NewContinuation
+
+if TYPE_CHECKING:
+    from ._turn import ActorSlot, TurnBuffer
+
+
+def schedule(
+    slot: ActorSlot,
+    turn: TurnBuffer,
+    chain: object,
+    error_chain: object,
+    strategy: object,
+    options: dict[str, Any],
+) -> str:
+    """Validate a continuation against the actor and buffer it in the turn; return its id.
+
+    With a ``key`` that a pending continuation of this actor already holds (or one scheduled
+    earlier in this turn), the existing id is returned and nothing new is scheduled.
+    """
+    parsed = parse_options(strategy, options)
+    handler = _handler_chain(slot, chain, "handler chain", "result")
+    fallback = (
+        None if error_chain is None else _handler_chain(slot, error_chain, "error chain", "error")
+    )
+    if parsed.key is not None:
+        existing = slot.keys.get(parsed.key) or next(
+            (new.id for new in turn.new if new.key == parsed.key), None
+        )
+        if existing is not None and existing not in turn.cancels:
+            return existing
+    assert isinstance(parsed, AlarmOptions)
+    codec = slot.runtime.codec
+    cid = uuid.uuid4().hex
+    turn.new.append(
+        NewContinuation(
+            id=cid,
+            binding=slot.binding,
+            instance=slot.instance,
+            strategy=parsed.strategy,
+            chain=codec.dumps(handler),
+            error_chain=None if fallback is None else codec.dumps(fallback),
+            chain_text=str(handler),
+            error_chain_text=None if fallback is None else str(fallback),
+            options=parsed.model_dump_json(include={"timezone"}, exclude_none=True),
+            retry=None if parsed.retry is None else parsed.retry.model_dump_json(),
+            due_at=parsed.first_due(turn.now),
+            key=parsed.key,
+            cron=parsed.cron,
+            version=slot.cls.version,
+        )
+    )
+    return cid
+
+
+def _handler_chain(slot: ActorSlot, proxy: object, role: str, marker: str) -> OperationChain:
+    if not isinstance(proxy, Continuation):
+        raise ContinuationChainError(
+            f"the {role} must be recorded on Continuation(self), not {type(proxy).__name__}"
+        )
+    recorded_for = continuation_class(proxy)
+    if not issubclass(slot.cls, recorded_for):
+        raise ContinuationChainError(
+            f"the {role} was recorded for {recorded_for.__name__}, but an alarm runs it on"
+            f" {slot.cls.__name__}; record it on Continuation(self)"
+        )
+    chain = chain_of(proxy)
+    check_handler_chain(slot.cls, chain, role=role)
+    slot.runtime.policy.check(chain, injected={marker})
+    return chain

@@ -1,0 +1,1 @@
+"""Durable stores for actor state and continuations; all SQL lives in this package."""

@@ -1,0 +1,171 @@
+"""What a store keeps and the interface every store implements.
+
+The rows here are plain records; the store turns them into SQL. ``Commit`` is one turn's
+effects; ``Store.apply`` makes a batch of them durable in one transaction (group commit)
+while keeping each turn all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class NewContinuation:
+    """A continuation a turn scheduled, encoded and ready to insert."""
+
+    id: str
+    binding: str
+    instance: str
+    strategy: str
+    chain: bytes
+    error_chain: bytes | None
+    chain_text: str
+    error_chain_text: str | None
+    options: str
+    retry: str | None
+    due_at: float
+    key: str | None
+    cron: str | None
+    version: str
+
+
+@dataclass(slots=True)
+class ContinuationRow:
+    """A stored continuation, as read back."""
+
+    id: str
+    binding: str
+    instance: str
+    strategy: str
+    status: str
+    chain: bytes
+    error_chain: bytes | None
+    chain_text: str
+    error_chain_text: str | None
+    options: str
+    retry: str | None
+    due_at: float | None
+    scheduled_at: float
+    attempts: int
+    last_error: str | None
+    last_traceback: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    key: str | None
+    cron: str | None
+    version: str
+    cancel_requested: bool
+    revision: int
+
+
+@dataclass(slots=True)
+class RowUpdate:
+    """The new state of one continuation after it fired, failed, or was cancelled or retried.
+
+    ``revision`` is the revision the change was computed from: if the row changed since
+    (another process cancelled it, say), the whole turn carrying the update is refused.
+    """
+
+    id: str
+    revision: int
+    status: str
+    due_at: float | None
+    scheduled_at: float
+    attempts: int
+    last_error: str | None
+    last_traceback: str | None
+    finished_at: float | None
+    cancel_requested: bool
+    events: list[tuple[str, str | None]]
+
+
+@dataclass(slots=True)
+class Commit:
+    """Everything one turn changes; applied whole or not at all.
+
+    Attributes:
+        binding: the actor's binding.
+        instance: the actor's instance id.
+        now: the clock time of the turn, for timestamps.
+        writes: storage keys to values (encoded), or to ``None`` to delete.
+        new: continuations to insert.
+        update: the firing (or system-changed) continuation's new state.
+        cancels: ids of this actor's pending continuations to cancel.
+    """
+
+    binding: str
+    instance: str
+    now: float
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    new: list[NewContinuation] = field(default_factory=list)
+    update: RowUpdate | None = None
+    cancels: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One stored audit event."""
+
+    at: float
+    event: str
+    detail: str | None
+
+
+class Store(Protocol):
+    """Durable storage of actor state and continuations."""
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Close; idempotent."""
+        ...
+
+    async def apply(self, commits: Sequence[Commit]) -> set[int]:
+        """Commit the turns in one transaction; return the indexes of turns refused because a
+        continuation they update changed since it was read (their effects are left out)."""
+        ...
+
+    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
+        """All stored values of one actor, by key."""
+        ...
+
+    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
+        """Dedup keys of one actor's pending continuations, mapped to their ids."""
+        ...
+
+    async def fetch_due(self, now: float, limit: int) -> list[ContinuationRow]:
+        """Pending continuations due at or before ``now``, earliest first."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """The earliest due time of any pending continuation."""
+        ...
+
+    async def get(self, cid: str) -> ContinuationRow | None:
+        """One continuation by id."""
+        ...
+
+    async def find(
+        self,
+        *,
+        statuses: Sequence[str] | None,
+        binding: str | None,
+        instance: str | None,
+        limit: int,
+    ) -> list[ContinuationRow]:
+        """Continuations matching every given filter, oldest first."""
+        ...
+
+    async def audit(self, cid: str) -> list[AuditRow]:
+        """The audit trail of one continuation, oldest first."""
+        ...
+
+    async def purge(self, *, finished_before: float, statuses: Sequence[str]) -> int:
+        """Delete final rows (and their audit) finished before a time; return how many."""
+        ...

@@ -1,0 +1,312 @@
+"""The SQLite store (aiosqlite, WAL): the embedded default.
+
+One connection, and one lock around every use of it, so a read never sees a half-applied
+batch. A batch of turns is one ``BEGIN IMMEDIATE ... COMMIT``; with ``durability="full"``
+the commit is fsynced before anyone is told it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, Literal
+
+import aiosqlite
+
+from .._errors import SchemaVersionError, StoreError
+from .base import AuditRow, Commit, ContinuationRow
+from .migrations import LATEST_VERSION, MIGRATIONS
+
+Durability = Literal["full", "normal"]
+
+_COLUMNS: Final = (
+    "id, binding, instance, strategy, status, chain, error_chain, chain_text, error_chain_text,"
+    " options, retry, due_at, scheduled_at, attempts, last_error, last_traceback, created_at,"
+    " updated_at, finished_at, key, cron, version, cancel_requested, revision"
+)
+_INSERT_CONTINUATION: Final = (
+    "INSERT INTO continuations (id, binding, instance, strategy, status, chain, error_chain,"
+    " chain_text, error_chain_text, options, retry, due_at, scheduled_at, created_at,"
+    " updated_at, key, cron, version) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " ?, ?, ?, ?)"
+)
+_UPDATE_CONTINUATION: Final = (
+    "UPDATE continuations SET status = ?, due_at = ?, scheduled_at = ?, attempts = ?,"
+    " last_error = ?, last_traceback = ?, finished_at = ?, cancel_requested = ?, updated_at = ?,"
+    " revision = revision + 1 WHERE id = ?"
+)
+_OWN_PENDING: Final = "id = ? AND binding = ? AND instance = ? AND status = 'pending'"
+_CANCEL_STATEMENTS: Final = (
+    # A continuation with an error chain stays pending until ContinuationCancelled reaches it.
+    "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancel requested', NULL"
+    f" FROM continuations WHERE {_OWN_PENDING} AND cancel_requested = 0"
+    " AND error_chain IS NOT NULL",
+    "UPDATE continuations SET cancel_requested = 1, due_at = ?, updated_at = ?,"
+    f" revision = revision + 1 WHERE {_OWN_PENDING} AND cancel_requested = 0"
+    " AND error_chain IS NOT NULL",
+    "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancelled', NULL"
+    f" FROM continuations WHERE {_OWN_PENDING} AND error_chain IS NULL",
+    "UPDATE continuations SET status = 'cancelled', due_at = NULL, finished_at = ?,"
+    f" updated_at = ?, revision = revision + 1 WHERE {_OWN_PENDING} AND error_chain IS NULL",
+)
+_FENCE_CHUNK: Final = 500
+
+
+class SQLiteStore:
+    """Actor state and continuations in one SQLite file (or ``":memory:"``).
+
+    Args:
+        path: the database file.
+        durability: ``"full"`` fsyncs every commit; ``"normal"`` (WAL with
+            ``synchronous=NORMAL``) survives a process crash but may lose the last commits
+            on power loss.
+    """
+
+    def __init__(self, path: str, *, durability: Durability = "full") -> None:
+        self._path = path
+        self._durability = durability
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r}, durability={self._durability!r})"
+
+    async def open(self) -> None:
+        try:
+            self._db = await aiosqlite.connect(self._path, isolation_level=None)
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            synchronous = "FULL" if self._durability == "full" else "NORMAL"
+            await self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            await self._db.execute("PRAGMA busy_timeout = 5000")
+            await self._migrate(self._db)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreError(f"cannot open the database {self._path!r}: {exc}") from exc
+        except SchemaVersionError:
+            await self.close()
+            raise
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT MAX(version) FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > LATEST_VERSION:
+            raise SchemaVersionError(
+                f"the database {self._path!r} has schema version {current}, newer than the"
+                f" {LATEST_VERSION} this version of continuation understands; upgrade the library"
+            )
+        for version in range(current + 1, LATEST_VERSION + 1):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            async with self._lock:
+                await db.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            if self._db is None:
+                raise StoreError("the store is closed")
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    async def apply(self, commits: Sequence[Commit]) -> set[int]:
+        async with self._connection() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                refused = await self._fence(db, commits)
+                accepted = [c for i, c in enumerate(commits) if i not in refused]
+                await _write(db, accepted)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return refused
+
+    async def _fence(self, db: aiosqlite.Connection, commits: Sequence[Commit]) -> set[int]:
+        expected = {c.update.id: i for i, c in enumerate(commits) if c.update is not None}
+        if not expected:
+            return set()
+        revisions: dict[str, int] = {}
+        ids = list(expected)
+        for start in range(0, len(ids), _FENCE_CHUNK):
+            chunk = ids[start : start + _FENCE_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT id, revision FROM continuations WHERE id IN ({marks})"
+            async with db.execute(sql, chunk) as cursor:
+                revisions.update({row[0]: row[1] async for row in cursor})
+        refused = set()
+        for cid, index in expected.items():
+            update = commits[index].update
+            assert update is not None
+            if revisions.get(cid) != update.revision:
+                refused.add(index)
+        if refused:
+            # Later turns of a refused turn's actor ran on its effects: refuse them too.
+            actors = set()
+            for index, commit in enumerate(commits):
+                actor = (commit.binding, commit.instance)
+                if index in refused:
+                    actors.add(actor)
+                elif actor in actors:
+                    refused.add(index)
+        return refused
+
+    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
+        sql = "SELECT key, value FROM actor_state WHERE binding = ? AND instance = ?"
+        async with self._connection() as db, db.execute(sql, (binding, instance)) as cursor:
+            return {row[0]: bytes(row[1]) async for row in cursor}
+
+    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
+        sql = (
+            "SELECT key, id FROM continuations WHERE binding = ? AND instance = ?"
+            " AND status = 'pending' AND cancel_requested = 0 AND key IS NOT NULL"
+        )
+        async with self._connection() as db, db.execute(sql, (binding, instance)) as cursor:
+            return {row[0]: row[1] async for row in cursor}
+
+    async def fetch_due(self, now: float, limit: int) -> list[ContinuationRow]:
+        sql = (
+            f"SELECT {_COLUMNS} FROM continuations WHERE status = 'pending' AND due_at <= ?"
+            " ORDER BY due_at, id LIMIT ?"
+        )
+        return await self._rows(sql, (now, limit))
+
+    async def next_due(self) -> float | None:
+        sql = "SELECT MIN(due_at) FROM continuations WHERE status = 'pending'"
+        async with self._connection() as db, db.execute(sql) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def get(self, cid: str) -> ContinuationRow | None:
+        rows = await self._rows(f"SELECT {_COLUMNS} FROM continuations WHERE id = ?", (cid,))
+        return rows[0] if rows else None
+
+    async def find(
+        self,
+        *,
+        statuses: Sequence[str] | None,
+        binding: str | None,
+        instance: str | None,
+        limit: int,
+    ) -> list[ContinuationRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        for column, value in (("binding", binding), ("instance", instance)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_COLUMNS} FROM continuations{clause} ORDER BY created_at, id LIMIT ?"
+        return await self._rows(sql, (*params, limit))
+
+    async def audit(self, cid: str) -> list[AuditRow]:
+        sql = "SELECT at, event, detail FROM audit WHERE cid = ? ORDER BY seq"
+        async with self._connection() as db, db.execute(sql, (cid,)) as cursor:
+            return [AuditRow(row[0], row[1], row[2]) async for row in cursor]
+
+    async def purge(self, *, finished_before: float, statuses: Sequence[str]) -> int:
+        marks = ", ".join("?" * len(statuses))
+        doomed = f"SELECT id FROM continuations WHERE status IN ({marks}) AND finished_at < ?"
+        params = (*statuses, finished_before)
+        async with self._connection() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(f"DELETE FROM audit WHERE cid IN ({doomed})", params)
+                cursor = await db.execute(
+                    f"DELETE FROM continuations WHERE id IN ({doomed})", params
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return cursor.rowcount
+
+    async def _rows(self, sql: str, params: Iterable[Any]) -> list[ContinuationRow]:
+        async with self._connection() as db, db.execute(sql, tuple(params)) as cursor:
+            return [_row(values) async for values in cursor]
+
+
+def _row(values: Any) -> ContinuationRow:
+    row = ContinuationRow(*values)
+    row.chain = bytes(row.chain)
+    row.error_chain = None if row.error_chain is None else bytes(row.error_chain)
+    row.cancel_requested = bool(row.cancel_requested)
+    return row
+
+
+async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
+    """Apply the effects of ``commits`` as if one after another.
+
+    Statements are grouped by kind for ``executemany``, so the order of kinds matters:
+    storage (the last write of a key wins), updates of fired continuations (which free their
+    dedup keys), new continuations, then cancellations (which may target new ones).
+    """
+    state: dict[tuple[str, str, str], bytes | None] = {}
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    events: list[tuple[str, float, str, str | None]] = []
+    cancels: list[tuple[Any, ...]] = []
+    for commit in commits:
+        b, i, now = commit.binding, commit.instance, commit.now
+        for key, value in commit.writes.items():
+            state[b, i, key] = value
+        for new in commit.new:
+            inserts.append(
+                (new.id, new.binding, new.instance, new.strategy, new.chain, new.error_chain,
+                 new.chain_text, new.error_chain_text, new.options, new.retry, new.due_at,
+                 new.due_at, now, now, new.key, new.cron, new.version)
+            )  # fmt: skip
+            events.append((new.id, now, "scheduled", None))
+        update = commit.update
+        if update is not None:
+            updates.append(
+                (update.status, update.due_at, update.scheduled_at, update.attempts,
+                 update.last_error, update.last_traceback, update.finished_at,
+                 int(update.cancel_requested), now, update.id)
+            )  # fmt: skip
+            events.extend((update.id, now, event, detail) for event, detail in update.events)
+        cancels.extend((now, cid, b, i) for cid in commit.cancels)
+    deletes = [key for key, value in state.items() if value is None]
+    puts = [(*key, value) for key, value in state.items() if value is not None]
+    if deletes:
+        await db.executemany(
+            "DELETE FROM actor_state WHERE binding = ? AND instance = ? AND key = ?", deletes
+        )
+    if puts:
+        await db.executemany(
+            "INSERT INTO actor_state (binding, instance, key, value) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (binding, instance, key) DO UPDATE SET value = excluded.value",
+            puts,
+        )
+    if updates:
+        await db.executemany(_UPDATE_CONTINUATION, updates)
+    if inserts:
+        await db.executemany(_INSERT_CONTINUATION, inserts)
+    if events:
+        await db.executemany(
+            "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, ?, ?)", events
+        )
+    for statement in _CANCEL_STATEMENTS:
+        if cancels:
+            times = 1 if statement.startswith("INSERT") else 2
+            await db.executemany(statement, [(*(c[0],) * times, *c[1:]) for c in cancels])

@@ -1,0 +1,436 @@
+"""``ActorSystem``: activation, turns, the scheduler and inspection over one store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Literal
+
+from operation_chain import (
+    DEFAULT_POLICY,
+    Codec,
+    ExecutionPolicy,
+    OperationChain,
+    execute_operation_chain_async,
+)
+from rpc._host import DownstreamListener, DownstreamMessage
+
+from ._activation import Activations
+from ._actor import Actor
+from ._clock import Clock, ManualClock, SystemClock
+from ._committer import Committer, PendingCommit
+from ._errors import (
+    ContinuationNotFoundError,
+    ContinuationStateError,
+    InvalidArgumentError,
+    SystemClosedError,
+    UnknownActorError,
+)
+from ._inspection import info_of
+from ._options import RetryPolicy
+from ._outcomes import cancellation, requeued
+from ._records import ContinuationInfo, ContinuationStatus
+from ._ref import ActorRef
+from ._scheduler import Scheduler
+from ._store.base import Commit, ContinuationRow, RowUpdate, Store
+from ._store.sqlite import SQLiteStore
+from ._turn import ActorSlot, Runtime, TurnBuffer
+
+logger = logging.getLogger("continuation")
+
+_PURGED_STATUSES = (ContinuationStatus.COMPLETED, ContinuationStatus.CANCELLED)
+
+
+class ActorSystem:
+    """Runs actors: activates them on first use, runs their turns one at a time, commits
+    each turn atomically, and fires their continuations when due.
+
+    Use it as an async context manager (or call ``start()`` and ``aclose()``)::
+
+        async with ActorSystem("app.db", actors=[Reminder]) as system:
+            cid = await system.get(Reminder, "r-1").remind("stretch")
+
+    Args:
+        database: an SQLite file path, or ``":memory:"``.
+        actors: the actor classes this system runs.
+        clock: ``SystemClock()`` by default; a ``ManualClock`` makes the system fire only
+            when ``advance`` or ``drain`` is awaited.
+        durability: ``"full"`` fsyncs every commit; ``"normal"`` survives a process crash
+            but may lose the last commits on power loss, for more throughput.
+        retry: the retry policy of continuations that do not give their own.
+        idle_timeout: seconds after which an unused actor is evicted from memory.
+        retention: how long completed and cancelled continuations are kept (seconds or a
+            timedelta); ``purge()`` and the scheduler's housekeeping delete older ones.
+        signing_key: HMAC key for pickled values in storage (the trusted codec).
+        policy: the execution policy for calls and handlers.
+        batch_size: most continuations fetched and fired at once.
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] = ":memory:",
+        *,
+        actors: Iterable[type[Actor]] = (),
+        clock: Clock | None = None,
+        durability: Literal["full", "normal"] = "full",
+        retry: RetryPolicy | None = None,
+        idle_timeout: float = 300.0,
+        retention: float | timedelta = timedelta(days=7),
+        signing_key: bytes | None = None,
+        policy: ExecutionPolicy | None = None,
+        batch_size: int = 512,
+    ) -> None:
+        if not isinstance(database, str | os.PathLike):
+            raise TypeError(f"database must be a path or ':memory:', not {type(database).__name__}")
+        if durability not in ("full", "normal"):
+            raise InvalidArgumentError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self._classes = _registry(actors)
+        self._clock = clock if clock is not None else SystemClock()
+        if not isinstance(self._clock, Clock):
+            raise TypeError(f"clock must have a now() method, not {type(clock).__name__}")
+        self._idle_timeout = _positive("idle_timeout", idle_timeout)
+        seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
+        self._retention = _positive("retention", seconds)
+        self._batch_size = int(_positive("batch_size", batch_size))
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
+        self._runtime = Runtime(
+            codec=Codec(trusted=True, signing_key=signing_key),
+            clock=self._clock,
+            policy=policy or DEFAULT_POLICY,
+            retry=retry or RetryPolicy(),
+        )
+        self._store: Store = SQLiteStore(os.fspath(database), durability=durability)
+        self._listeners: list[DownstreamListener] = []
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_purge = -float("inf")
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(self._classes))
+        return f"<ActorSystem {self._store!r} actors=[{names}] {self._state}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start the scheduler (unless the clock is manual)."""
+        if self._state != "new":
+            raise SystemClosedError(f"the system is {self._state}; create a new one")
+        await self._store.open()
+        self._activations = Activations(self._store, self._runtime)
+        self._committer = Committer(self._store, on_committed=self._committed, on_lost=self._lost)
+        self._scheduler = Scheduler(
+            store=self._store,
+            activations=self._activations,
+            committer=self._committer,
+            runtime=self._runtime,
+            classes=self._classes,
+            batch_size=self._batch_size,
+            housekeeping=self._housekeeping,
+        )
+        self._state = "running"
+        if not isinstance(self._clock, ManualClock):
+            idle_check = min(self._idle_timeout, 60.0)
+            self._loop_task = asyncio.create_task(
+                self._scheduler.run(idle_check=idle_check), name="continuation-scheduler"
+            )
+
+    async def aclose(self) -> None:
+        """Stop firing, commit what already ran, and close the store; idempotent."""
+        if self._state != "running":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._committer.close()
+        await self._store.close()
+
+    async def __aenter__(self) -> ActorSystem:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def get(self, actor: type[Actor] | str, instance: str) -> ActorRef:
+        """A reference to one actor; its awaited method calls run as turns."""
+        cls = self._class_of(actor)
+        _check_instance(instance)
+        return ActorRef(self, cls.binding, instance)
+
+    def has_binding(self, binding: str) -> bool:
+        """Whether an actor class is registered under ``binding``."""
+        return binding in self._classes
+
+    async def call(
+        self,
+        binding: str,
+        instance: str,
+        chain: OperationChain,
+        *,
+        principal: Any = None,
+        policy: ExecutionPolicy | None = None,
+    ) -> Any:
+        """Run ``chain`` against the actor in one turn; return its value once durable.
+
+        Methods may be ``async def`` here (the turn holds the actor until they finish); the
+        turn's effects commit only if it returns. Exceptions of the actor's code propagate
+        unchanged, and leave no trace.
+        """
+        self._running()
+        cls = self._class_of(binding)
+        _check_instance(instance)
+        if not isinstance(chain, OperationChain):
+            raise TypeError(f"chain must be an OperationChain, not {type(chain).__name__}")
+        async with self._activations.turn(cls, instance) as slot:
+            buffer = TurnBuffer(now=self._clock.now(), principal=principal)
+            slot.turn = buffer
+            ok = False
+            try:
+                result = await execute_operation_chain_async(
+                    slot.actor, chain, policy=policy or self._runtime.policy
+                )
+                ok = True
+            finally:
+                slot.turn = None
+                if not ok:
+                    self._activations.discard_instance(slot)
+            future = self._commit_turn(slot, buffer)
+        if future is not None:
+            await future
+        return result
+
+    def _commit_turn(self, slot: ActorSlot, buffer: TurnBuffer) -> asyncio.Future[None] | None:
+        if not (buffer.writes or buffer.new or buffer.cancels or buffer.downstream):
+            # Nothing to write, but the answer may rest on an earlier turn still committing.
+            return self._activations.tail(slot.binding, slot.instance)
+        for cid in buffer.cancels:
+            if cid in self._scheduler.in_flight:
+                self._scheduler.revoked.add(cid)
+        future = self._committer.submit(slot.finish_turn(buffer), slot, buffer.downstream)
+        self._activations.track(slot, future)
+        return future
+
+    def add_downstream_listener(self, listener: DownstreamListener) -> Callable[[], None]:
+        """Call ``listener`` with every downstream message once its turn has committed."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # -- continuations ---------------------------------------------------------------------
+
+    async def continuation(self, cid: str) -> ContinuationInfo:
+        """One continuation, with its audit trail."""
+        row = await self._row(cid)
+        audit = await self._store.audit(cid)
+        return info_of(row, running=cid in self._scheduler.in_flight, audit=audit)
+
+    async def continuations(
+        self,
+        *,
+        status: ContinuationStatus | str | Sequence[ContinuationStatus | str] | None = None,
+        binding: str | None = None,
+        instance: str | None = None,
+        limit: int = 1000,
+    ) -> list[ContinuationInfo]:
+        """Continuations matching every given filter, oldest first (without audit trails)."""
+        self._running()
+        statuses = _statuses(status)
+        rows = await self._store.find(
+            statuses=statuses,
+            binding=binding,
+            instance=instance,
+            limit=int(_positive("limit", limit)),
+        )
+        in_flight = self._scheduler.in_flight
+        return [info_of(row, running=row.id in in_flight) for row in rows]
+
+    async def cancel(self, cid: str) -> None:
+        """Cancel a pending continuation; its error chain, if any, receives
+        ``ContinuationCancelled`` in a turn of its own."""
+        await self._change(cid, {ContinuationStatus.PENDING}, cancellation)
+
+    async def retry(self, cid: str) -> None:
+        """Re-queue a ``dead`` or ``version_mismatch`` continuation, due now."""
+        await self._change(
+            cid, {ContinuationStatus.DEAD, ContinuationStatus.VERSION_MISMATCH}, requeued
+        )
+
+    async def _change(
+        self, cid: str, allowed: set[ContinuationStatus], change: Callable[..., RowUpdate]
+    ) -> None:
+        row = await self._row(cid)
+        cls = self._classes.get(row.binding)
+        if cls is None:
+            # No turn of an unregistered actor can run here, so there is nothing to order with.
+            await self._commit_change(row, allowed, change, None)
+            return
+        async with self._activations.turn(cls, row.instance, activate=False) as slot:
+            tail = self._activations.tail(row.binding, row.instance)
+            if tail is not None:
+                await asyncio.wait([tail])
+            await self._commit_change(await self._row(cid), allowed, change, slot)
+
+    async def _commit_change(
+        self,
+        row: ContinuationRow,
+        allowed: set[ContinuationStatus],
+        change: Callable[..., RowUpdate],
+        slot: ActorSlot | None,
+    ) -> None:
+        if row.status not in allowed or (change is cancellation and row.cancel_requested):
+            state = "already cancelled" if row.cancel_requested else row.status
+            verb = "cancel" if change is cancellation else "retry"
+            raise ContinuationStateError(f"cannot {verb} continuation {row.id}: it is {state}")
+        now = self._clock.now()
+        update = change(row, now)
+        if row.id in self._scheduler.in_flight:
+            self._scheduler.revoked.add(row.id)
+        future = self._committer.submit(Commit(row.binding, row.instance, now, update=update), None)
+        if slot is not None:
+            self._activations.track(slot, future)
+        await future
+        if row.key is not None and slot is not None and slot.loaded and not slot.lost:
+            if update.status == ContinuationStatus.PENDING and not update.cancel_requested:
+                slot.keys[row.key] = row.id
+            else:
+                slot.keys.pop(row.key, None)
+        if update.due_at is not None:
+            self._scheduler.notice(update.due_at)
+
+    async def purge(self) -> int:
+        """Delete completed and cancelled continuations older than the retention period."""
+        self._running()
+        cutoff = self._clock.now() - self._retention
+        return await self._store.purge(finished_before=cutoff, statuses=_PURGED_STATUSES)
+
+    # -- time ------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Run everything due now, including what those turns make due now."""
+        self._running()
+        await self._scheduler.drain()
+
+    async def advance(self, seconds: float) -> None:
+        """Move a manual clock forward, running everything that falls due on the way, in order,
+        with the clock standing at each due time while its turn runs."""
+        self._running()
+        clock = self._clock
+        if not isinstance(clock, ManualClock):
+            raise InvalidArgumentError("advance() needs ActorSystem(clock=ManualClock())")
+        target = clock.now() + _positive("seconds", seconds, allow_zero=True)
+        while (due := await self._store.next_due()) is not None and due <= target:
+            clock.set(due)
+            await self._scheduler.drain()
+        clock.set(target)
+        await self._scheduler.drain()
+        self._housekeeping()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _committed(self, batch: list[PendingCommit]) -> None:
+        for pending in batch:
+            commit = pending.commit
+            for new in commit.new:
+                self._scheduler.notice(new.due_at)
+            if commit.cancels:
+                self._scheduler.notice(commit.now)
+            for message in pending.downstream:
+                self._deliver(message)
+
+    def _deliver(self, message: DownstreamMessage) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(message)
+            except Exception:
+                logger.exception("a downstream listener failed")
+
+    def _lost(self, slot: ActorSlot) -> None:
+        self._activations.lose(slot)
+
+    def _housekeeping(self) -> None:
+        now = self._clock.now()
+        self._activations.evict_idle(now, self._idle_timeout)
+        if now - self._last_purge >= min(self._retention, 3600.0):
+            self._last_purge = now
+            task = asyncio.get_running_loop().create_task(self.purge())
+            task.add_done_callback(_log_failure)
+
+    async def _row(self, cid: str) -> ContinuationRow:
+        self._running()
+        if not isinstance(cid, str):
+            raise TypeError(f"continuation ids are str, not {type(cid).__name__}")
+        row = await self._store.get(cid)
+        if row is None:
+            raise ContinuationNotFoundError(f"no continuation has the id {cid!r}")
+        return row
+
+    def _running(self) -> None:
+        if self._state != "running":
+            raise SystemClosedError(
+                "the actor system is not running; use 'async with ActorSystem(...)'"
+                if self._state == "new"
+                else "the actor system is closed"
+            )
+
+    def _class_of(self, actor: type[Actor] | str) -> type[Actor]:
+        binding = actor.binding if isinstance(actor, type) and issubclass(actor, Actor) else actor
+        cls = self._classes.get(binding) if isinstance(binding, str) else None
+        if cls is None or (isinstance(actor, type) and cls is not actor):
+            raise UnknownActorError(f"{actor!r} is not registered with this ActorSystem")
+        return cls
+
+
+def _registry(actors: Iterable[type[Actor]]) -> dict[str, type[Actor]]:
+    classes: dict[str, type[Actor]] = {}
+    for cls in actors:
+        if not (isinstance(cls, type) and issubclass(cls, Actor)) or cls is Actor:
+            raise TypeError(f"actors must be Actor subclasses, not {cls!r}")
+        if cls.binding in classes and classes[cls.binding] is not cls:
+            raise InvalidArgumentError(f"two actor classes use the binding {cls.binding!r}")
+        classes[cls.binding] = cls
+    return classes
+
+
+def _check_instance(instance: object) -> None:
+    if not isinstance(instance, str):
+        raise TypeError(f"actor instance ids are str, not {type(instance).__name__}")
+    if not instance or len(instance) > 512:
+        raise InvalidArgumentError("actor instance ids are 1 to 512 characters")
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
+        sign = "non-negative" if allow_zero else "positive"
+        raise InvalidArgumentError(f"{name} must be a finite {sign} number, not {value!r}")
+    return float(value)
+
+
+def _statuses(status: object) -> list[str] | None:
+    if status is None:
+        return None
+    values = [status] if isinstance(status, str) else list(status)  # type: ignore[call-overload]
+    try:
+        return [ContinuationStatus(value).value for value in values]
+    except ValueError:
+        known = ", ".join(s.value for s in ContinuationStatus)
+        raise InvalidArgumentError(f"unknown status in {status!r}; known: {known}") from None
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("housekeeping failed", exc_info=task.exception())

@@ -1,0 +1,109 @@
+"""A turn's buffered effects, and the in-memory record of an activated actor.
+
+Nothing a turn does reaches the actor's committed view or the database until the turn has
+returned: writes, new continuations, cancellations and downstream messages wait in a
+``TurnBuffer``. A turn that raises drops its buffer, so it leaves no trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from operation_chain import Codec, ExecutionPolicy
+from rpc._host import DownstreamMessage
+
+from ._clock import Clock
+from ._store.base import Commit, NewContinuation
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+    from ._options import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a running turn needs from its system."""
+
+    codec: Codec
+    clock: Clock
+    policy: ExecutionPolicy
+    retry: RetryPolicy
+
+
+@dataclass(slots=True)
+class TurnBuffer:
+    """Effects of the running turn, applied only if it returns."""
+
+    now: float
+    principal: Any = None
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    new: list[NewContinuation] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    downstream: list[DownstreamMessage] = field(default_factory=list)
+
+
+class ActorSlot:
+    """An activated actor: its instance, its committed state, and its turn lock.
+
+    ``state`` holds encoded values, so every ``get`` decodes a fresh copy and an object
+    mutated in place without a ``put`` cannot change what is stored. A slot is ``lost`` when
+    its in-memory view is thrown away after a failed commit; the committer refuses the turns
+    that ran on it, since they built on effects that never became durable. ``users`` counts
+    turns holding or waiting for the slot, so an idle one can be evicted safely.
+    """
+
+    __slots__ = (
+        "actor",
+        "binding",
+        "cls",
+        "instance",
+        "keys",
+        "last_used",
+        "loaded",
+        "lock",
+        "lost",
+        "runtime",
+        "state",
+        "turn",
+        "users",
+    )
+
+    def __init__(self, cls: type[Actor], instance: str, runtime: Runtime) -> None:
+        self.cls = cls
+        self.binding: str = cls.binding
+        self.instance = instance
+        self.runtime = runtime
+        self.state: dict[str, bytes] = {}
+        self.keys: dict[str, str] = {}
+        self.loaded = False
+        self.lost = False
+        self.users = 0
+        self.actor: Actor | None = None
+        self.turn: TurnBuffer | None = None
+        self.lock = asyncio.Lock()
+        self.last_used = runtime.clock.now()
+
+    def finish_turn(self, buffer: TurnBuffer) -> Commit:
+        """Fold a successful turn's effects into the in-memory view and return its commit."""
+        for key, value in buffer.writes.items():
+            if value is None:
+                self.state.pop(key, None)
+            else:
+                self.state[key] = value
+        if buffer.cancels:
+            cancelled = set(buffer.cancels)
+            for key in [k for k, cid in self.keys.items() if cid in cancelled]:
+                del self.keys[key]
+        for new in buffer.new:
+            if new.key is not None:
+                self.keys[new.key] = new.id
+        return Commit(
+            binding=self.binding,
+            instance=self.instance,
+            now=buffer.now,
+            writes=buffer.writes,
+            new=buffer.new,
+            cancels=buffer.cancels,
+        )
