@@ -75,6 +75,9 @@ class SQLiteStore:
 
     async def open(self) -> None:
         try:
+            # aiosqlite leaves its worker thread behind when connecting fails, so find out
+            # first, in a throwaway thread, whether the file can be opened at all.
+            await asyncio.to_thread(_probe, self._path)
             self._db = await aiosqlite.connect(self._path, isolation_level=None)
             await self._db.execute("PRAGMA journal_mode = WAL")
             synchronous = "FULL" if self._durability == "full" else "NORMAL"
@@ -244,6 +247,10 @@ class SQLiteStore:
     async def _rows(self, sql: str, params: Iterable[Any]) -> list[ContinuationRow]:
         async with self._connection() as db, db.execute(sql, tuple(params)) as cursor:
             return [_row(values) async for values in cursor]
+
+
+def _probe(path: str) -> None:
+    sqlite3.connect(path).close()
 
 
 def _row(values: Any) -> ContinuationRow:

@@ -1,0 +1,42 @@
+"""Fixtures for continuation tests: a fresh SQLite file per test and a manual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from continuation import Actor, ActorSystem, ManualClock
+
+START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+OpenSystem = Callable[..., ActorSystem]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "actors.db")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=START)
+
+
+@pytest.fixture
+async def open_system(db_path: str, clock: ManualClock) -> AsyncIterator[OpenSystem]:
+    """Open ActorSystems on the test's database and clock; all are closed at the end."""
+    opened: list[ActorSystem] = []
+
+    def open_(*actors: type[Actor], **options: Any) -> ActorSystem:
+        options.setdefault("clock", clock)
+        system = ActorSystem(options.pop("database", db_path), actors=actors, **options)
+        opened.append(system)
+        return system
+
+    yield open_
+    for system in opened:
+        await system.aclose()

@@ -1,0 +1,155 @@
+"""The SQLite store: schema versions, the commit fence, and downstream release after commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from continuation import (
+    Actor,
+    AlarmInfo,
+    Continuation,
+    ContinuationStatus,
+    SchemaVersionError,
+    StoreError,
+)
+from continuation._store.migrations import LATEST_VERSION
+from rpc._host import DownstreamMessage
+
+from .conftest import OpenSystem
+
+
+class Notifier(Actor):
+    def schedule(self) -> str:
+        c = Continuation(self)
+        return self.continue_(c.fire(c.result), delay=1)
+
+    def fire(self, info: AlarmInfo) -> None:
+        self.storage.put("fired", info.id)
+        self.send_downstream(["c1", "c2"], {"fired": info.id})
+
+    def notify(self, payload: Any, fail: bool = False) -> None:
+        self.send_downstream("c1", payload)
+        if fail:
+            raise RuntimeError("after sending")
+
+
+async def test_a_newer_schema_is_refused(open_system: OpenSystem, db_path: str) -> None:
+    async with open_system(Notifier):
+        pass
+    with sqlite3.connect(db_path) as db:
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (LATEST_VERSION + 1,))
+    with pytest.raises(SchemaVersionError, match="newer"):
+        async with open_system(Notifier):
+            pass
+
+
+async def test_reopening_does_not_migrate_twice(open_system: OpenSystem, db_path: str) -> None:
+    for _ in range(2):
+        async with open_system(Notifier):
+            pass
+    with sqlite3.connect(db_path) as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
+    assert versions == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_an_unopenable_database_is_a_store_error(
+    open_system: OpenSystem, tmp_path: Any
+) -> None:
+    with pytest.raises(StoreError, match="cannot open"):
+        async with open_system(Notifier, database=str(tmp_path / "missing-dir" / "x.db")):
+            pass
+
+
+async def test_a_firing_changed_by_another_process_is_not_committed(
+    open_system: OpenSystem, db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_system(Notifier) as system:
+        cid = await system.get(Notifier, "n").schedule()
+        store = system._store
+        original = store.apply
+
+        async def cancel_first(commits: Any) -> set[int]:
+            # Another process cancels the row between the fetch and the firing's commit.
+            with sqlite3.connect(db_path) as other:
+                other.execute(
+                    "UPDATE continuations SET status = 'cancelled', revision = revision + 1"
+                    " WHERE id = ?",
+                    (cid,),
+                )
+            monkeypatch.setattr(store, "apply", original)
+            return await original(commits)
+
+        monkeypatch.setattr(store, "apply", cancel_first)
+        received: list[DownstreamMessage] = []
+        system.add_downstream_listener(received.append)
+        await system.advance(1)
+        assert (await system.continuation(cid)).status == ContinuationStatus.CANCELLED
+        assert await system.get(Notifier, "n").storage.get("fired") is None
+        assert received == []
+
+
+async def test_downstream_leaves_after_commit_only(open_system: OpenSystem) -> None:
+    async with open_system(Notifier) as system:
+        received: list[DownstreamMessage] = []
+        unsubscribe = system.add_downstream_listener(received.append)
+        system.add_downstream_listener(_broken_listener)
+        notifier = system.get(Notifier, "n")
+        payload = {"n": [1, 2]}
+        await notifier.notify(payload)
+        with pytest.raises(RuntimeError):
+            await notifier.notify("lost", True)
+        cid = await notifier.schedule()
+        await system.advance(1)
+        assert received == [
+            DownstreamMessage("Notifier", "n", ("c1",), {"n": [1, 2]}),
+            DownstreamMessage("Notifier", "n", ("c1", "c2"), {"fired": cid}),
+        ]
+        unsubscribe()
+        unsubscribe()
+        await notifier.notify("after")
+        assert len(received) == 2
+
+
+async def test_downstream_refuses_what_cannot_cross_the_wire(open_system: OpenSystem) -> None:
+    async with open_system(Notifier) as system:
+        from operation_chain import UnsupportedTypeError
+
+        with pytest.raises(UnsupportedTypeError):
+            await system.get(Notifier, "n").notify(complex(1, 1))
+        with pytest.raises(TypeError, match="client_ids"):
+            await system.call("Notifier", "n", _chain_send([]))
+
+
+def _chain_send(ids: Any) -> Any:
+    from operation_chain import OperationProxy, chain_of
+
+    return chain_of(OperationProxy().send_downstream(ids, 1))
+
+
+def _broken_listener(message: DownstreamMessage) -> None:
+    raise RuntimeError("listener bug")
+
+
+async def test_a_firing_whose_commit_failed_fires_again(
+    open_system: OpenSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_system(Notifier) as system:
+        cid = await system.get(Notifier, "n").schedule()
+        store = system._store
+        original = store.apply
+
+        async def fail_once(commits: Any) -> set[int]:
+            monkeypatch.setattr(store, "apply", original)
+            raise OSError("transient")
+
+        monkeypatch.setattr(store, "apply", fail_once)
+        await system.advance(1)
+        info = await system.continuation(cid)
+        # The lost commit is not a failed attempt: the handler's turn simply runs again.
+        assert info.status == ContinuationStatus.COMPLETED
+        assert info.attempts == 1
+        assert [e.event for e in info.audit] == ["scheduled", "completed"]
+        assert await system.get(Notifier, "n").storage.get("fired") == cid
