@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from ._errors import InvalidArgumentError
+
 
 @runtime_checkable
 class Clock(Protocol):
@@ -41,7 +43,7 @@ class ManualClock:
             self._now = time.time()
         elif isinstance(start, datetime):
             if start.tzinfo is None:
-                raise ValueError("ManualClock(start=...) needs an aware datetime")
+                raise InvalidArgumentError("ManualClock(start=...) needs an aware datetime")
             self._now = start.timestamp()
         elif isinstance(start, int | float) and not isinstance(start, bool):
             self._now = float(start)

@@ -89,7 +89,8 @@ class Scheduler:
             self._next_due = math.inf if next_due is None else next_due
             wait = min(idle_check, max(0.0, self._next_due - self._runtime.clock.now()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def fire_due(self) -> int:
         """Fire one batch of what is due now; return how many fired."""
@@ -121,6 +122,8 @@ class Scheduler:
                 self.revoked.discard(row.id)
                 return
             commit, downstream = await self._turn(slot, row, self._now())
+            if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
+                del slot.keys[row.key]
             future = self._committer.submit(commit, slot, downstream)
             self._activations.track(slot, future)
         await asyncio.wait([future])
@@ -155,8 +158,6 @@ class Scheduler:
             return Commit(slot.binding, slot.instance, now, update=update), []
         commit = slot.finish_turn(buffer)
         commit.update = update
-        if row.key is not None and update.status != ContinuationStatus.PENDING:
-            slot.keys.pop(row.key, None)
         return commit, buffer.downstream
 
     def _handler(self, row: ContinuationRow, now: float) -> tuple[OperationChain, dict[str, Any]]:
@@ -181,3 +182,9 @@ class Scheduler:
 
     def _now(self) -> float:
         return self._runtime.clock.now()
+
+
+def _frees_key(commit: Commit) -> bool:
+    """Whether the fired continuation stops holding its dedup key with this commit."""
+    update = commit.update
+    return update is not None and (update.status != "pending" or update.cancel_requested)

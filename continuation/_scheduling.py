@@ -6,7 +6,12 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from operation_chain import OperationChain, chain_of
+from operation_chain import (
+    ChainSecurityError,
+    MarkerNotInjectedError,
+    OperationChain,
+    chain_of,
+)
 
 from ._continuation import Continuation, check_handler_chain, continuation_class
 from ._errors import ContinuationChainError
@@ -93,5 +98,10 @@ def _handler_chain(slot: ActorSlot, proxy: object, role: str, marker: str) -> Op
         )
     chain = chain_of(proxy)
     check_handler_chain(slot.cls, chain, role=role)
-    slot.runtime.policy.check(chain, injected={marker})
+    try:
+        slot.runtime.policy.check(chain, injected={marker})
+    except (ChainSecurityError, MarkerNotInjectedError) as exc:
+        hint = " (c.result belongs in the handler chain, c.error in the error chain)"
+        extra = hint if isinstance(exc, MarkerNotInjectedError) else ""
+        raise ContinuationChainError(f"the {role} {str(chain)!r} is refused: {exc}{extra}") from exc
     return chain

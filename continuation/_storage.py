@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import OutsideTurnError
+from ._errors import InvalidArgumentError, OutsideTurnError
 
 if TYPE_CHECKING:
     from ._turn import ActorSlot, TurnBuffer
@@ -48,6 +48,10 @@ class ActorStorage:
 
     def list(self, prefix: str = "", *, limit: int | None = None) -> dict[str, Any]:
         """Keys starting with ``prefix`` and their values, in key order."""
+        if limit is not None and type(limit) is not int:
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        if limit is not None and limit < 0:
+            raise InvalidArgumentError(f"limit must not be negative, not {limit}")
         merged: dict[str, bytes | None] = dict(self._slot.state)
         turn = self._slot.turn
         if turn is not None:

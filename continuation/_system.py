@@ -90,8 +90,14 @@ class ActorSystem:
             raise InvalidArgumentError(f"durability must be 'full' or 'normal', not {durability!r}")
         self._classes = _registry(actors)
         self._clock = clock if clock is not None else SystemClock()
-        if not isinstance(self._clock, Clock):
-            raise TypeError(f"clock must have a now() method, not {type(clock).__name__}")
+        if isinstance(self._clock, type) or not isinstance(self._clock, Clock):
+            raise TypeError(f"clock must be a Clock instance (with now()), not {clock!r}")
+        if policy is not None and not isinstance(policy, ExecutionPolicy):
+            raise TypeError(f"policy must be an ExecutionPolicy, not {type(policy).__name__}")
+        if signing_key is not None and not isinstance(signing_key, bytes):
+            raise TypeError(f"signing_key must be bytes, not {type(signing_key).__name__}")
+        if signing_key is not None and len(signing_key) < 16:
+            raise InvalidArgumentError("signing_key must be at least 16 bytes")
         self._idle_timeout = _positive("idle_timeout", idle_timeout)
         seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
         self._retention = _positive("retention", seconds)
@@ -109,6 +115,7 @@ class ActorSystem:
         self._state: Literal["new", "running", "closed"] = "new"
         self._loop_task: asyncio.Task[None] | None = None
         self._last_purge = -float("inf")
+        self._purging: asyncio.Task[int] | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self._classes))
@@ -145,9 +152,10 @@ class ActorSystem:
             self._state = "closed"
             return
         self._state = "closed"
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in (self._loop_task, self._purging):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._committer.close()
         await self._store.close()
 
@@ -247,6 +255,9 @@ class ActorSystem:
     ) -> list[ContinuationInfo]:
         """Continuations matching every given filter, oldest first (without audit trails)."""
         self._running()
+        for name, value in (("binding", binding), ("instance", instance)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
         statuses = _statuses(status)
         rows = await self._store.find(
             statuses=statuses,
@@ -294,6 +305,13 @@ class ActorSystem:
             state = "already cancelled" if row.cancel_requested else row.status
             verb = "cancel" if change is cancellation else "retry"
             raise ContinuationStateError(f"cannot {verb} continuation {row.id}: it is {state}")
+        if change is requeued and row.key is not None:
+            holder = (await self._store.load_keys(row.binding, row.instance)).get(row.key)
+            if holder is not None:
+                raise ContinuationStateError(
+                    f"cannot retry continuation {row.id}: its key {row.key!r} is held by the"
+                    f" pending continuation {holder}"
+                )
         now = self._clock.now()
         update = change(row, now)
         if row.id in self._scheduler.in_flight:
@@ -363,10 +381,15 @@ class ActorSystem:
     def _housekeeping(self) -> None:
         now = self._clock.now()
         self._activations.evict_idle(now, self._idle_timeout)
-        if now - self._last_purge >= min(self._retention, 3600.0):
+        if now - self._last_purge >= min(self._retention, 3600.0) and self._purging is None:
             self._last_purge = now
-            task = asyncio.get_running_loop().create_task(self.purge())
-            task.add_done_callback(_log_failure)
+            self._purging = asyncio.get_running_loop().create_task(self.purge())
+            self._purging.add_done_callback(self._purged)
+
+    def _purged(self, task: asyncio.Task[int]) -> None:
+        self._purging = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("purging finished continuations failed", exc_info=task.exception())
 
     async def _row(self, cid: str) -> ContinuationRow:
         self._running()
@@ -386,7 +409,7 @@ class ActorSystem:
             )
 
     def _class_of(self, actor: type[Actor] | str) -> type[Actor]:
-        binding = actor.binding if isinstance(actor, type) and issubclass(actor, Actor) else actor
+        binding = getattr(actor, "binding", None) if isinstance(actor, type) else actor
         cls = self._classes.get(binding) if isinstance(binding, str) else None
         if cls is None or (isinstance(actor, type) and cls is not actor):
             raise UnknownActorError(f"{actor!r} is not registered with this ActorSystem")
@@ -429,8 +452,3 @@ def _statuses(status: object) -> list[str] | None:
     except ValueError:
         known = ", ".join(s.value for s in ContinuationStatus)
         raise InvalidArgumentError(f"unknown status in {status!r}; known: {known}") from None
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("housekeeping failed", exc_info=task.exception())

@@ -173,10 +173,20 @@ def run_block(block: Block) -> None:
         raise
 
 
+_WORKDIRS: dict[Path, Path] = {}
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_doc_block_runs(block: Block) -> None:
+def test_doc_block_runs(
+    block: Block, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not block.run:
         pytest.skip("fence marked no-run")
+    # Pages write files as a user would ("app.db"); each page gets its own directory for them.
+    workdir = _WORKDIRS.get(block.page)
+    if workdir is None:
+        workdir = _WORKDIRS[block.page] = tmp_path_factory.mktemp(block.page.stem)
+    monkeypatch.chdir(workdir)
     run_block(block)
 
 

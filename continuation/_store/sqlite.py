@@ -43,7 +43,7 @@ _CANCEL_STATEMENTS: Final = (
     "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancel requested', NULL"
     f" FROM continuations WHERE {_OWN_PENDING} AND cancel_requested = 0"
     " AND error_chain IS NOT NULL",
-    "UPDATE continuations SET cancel_requested = 1, due_at = ?, updated_at = ?,"
+    "UPDATE continuations SET cancel_requested = 1, attempts = 0, due_at = ?, updated_at = ?,"
     f" revision = revision + 1 WHERE {_OWN_PENDING} AND cancel_requested = 0"
     " AND error_chain IS NOT NULL",
     "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancelled', NULL"
