@@ -27,7 +27,7 @@ from ._committer import Committer
 from ._errors import ContinuationCancelled
 from ._options import RetryPolicy
 from ._outcomes import completed, failed, halted
-from ._records import AlarmInfo, ContinuationStatus, to_datetime
+from ._records import AlarmInfo, to_datetime
 from ._store.base import Commit, ContinuationRow, Store
 from ._turn import ActorSlot, Runtime, TurnBuffer
 

@@ -1,0 +1,1 @@
+"""Transports: how a batch gets to a server and its answer back (see ``base.Transport``)."""

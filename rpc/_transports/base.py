@@ -1,0 +1,77 @@
+"""The transport seam: one method to send a batch and return the server's answer.
+
+Like httpx's ``AsyncBaseTransport.handle_async_request``, a transport knows nothing about
+chains or proxies: the client hands it a JSON-compatible envelope for one actor and gets back
+the status and body the server answered with. Downstream delivery and closing are optional
+extras with defaults, so a test double needs one method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._host import DownstreamListener
+
+
+@dataclass(frozen=True, slots=True)
+class RpcRequest:
+    """One batch for one actor.
+
+    Attributes:
+        binding: the actor's binding.
+        instance: the actor's instance id.
+        payload: the batch envelope (see ``rpc._messages``), a JSON-compatible tree.
+    """
+
+    binding: str
+    instance: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RpcResponse:
+    """The server's answer to one ``RpcRequest``.
+
+    Attributes:
+        status: 200 for an answer, 4xx for a refusal (HTTP statuses, over any transport).
+        payload: the parsed JSON body: ``{"results": [...]}`` or ``{"error": {...}}``.
+    """
+
+    status: int
+    payload: dict[str, Any]
+
+
+class Transport(ABC):
+    """Carries batches to an RPC server. Subclasses implement ``handle_async_request``.
+
+    A transport may be used by several clients at once; requests must not block each other.
+    """
+
+    @abstractmethod
+    async def handle_async_request(self, request: RpcRequest) -> RpcResponse:
+        """Send one batch and return the server's answer.
+
+        Raises:
+            TransportError: the request could not be sent or its answer could not be read
+                (``ConnectionLostError`` when it was sent and the connection then dropped).
+        """
+
+    async def subscribe(self, client_id: str, listener: DownstreamListener) -> Callable[[], None]:
+        """Deliver the downstream messages addressed to ``client_id`` to ``listener``.
+
+        Returns a function that ends the subscription. Transports without a channel from the
+        server to the client refuse.
+
+        Raises:
+            TypeError: this transport cannot deliver downstream messages.
+        """
+        raise TypeError(
+            f"{type(self).__name__} cannot deliver downstream messages; use"
+            " WebSocketTransport (or InProcessTransport in tests) with on_downstream"
+        )
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: most transports hold nothing
+        """Release connections. The client that owns the transport calls this when it closes."""

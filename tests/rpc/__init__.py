@@ -1,0 +1,1 @@
+"""Tests of the rpc package: client, transports, dispatch, the ASGI app."""
