@@ -98,7 +98,8 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
     default); the chosen command's ``run`` is left in the ``run`` attribute of the result."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect and repair the continuations stored in an ActorSystem database.",
+        description="Serve an ActorSystem over RPC, or inspect and repair the continuations"
+        " stored in its database.",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in COMMANDS if commands is None else commands:
@@ -316,6 +317,33 @@ def _json_default(value: datetime) -> str:
     return value.isoformat()
 
 
+# -- serve -------------------------------------------------------------------------------
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="an ActorSystem, or a function returning one (module path or path/to/file.py)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=_positive_int, default=8000, help="port to listen on")
+    parser.add_argument("--db", metavar="FILE", help="database file, passed to the function")
+    parser.add_argument("--prefix", default="/rpc", help="path of the RPC routes")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._serve import build_system, load_target, serve
+
+    system = build_system(load_target(args.target), args.db)
+    options = {"host": args.host, "port": args.port, "prefix": args.prefix}
+    asyncio.run(serve(system, log_level=args.log_level, **options))
+    return 0
+
+
 COMMANDS: Final[tuple[Command, ...]] = (
     Command("ls", "list continuations, oldest first", _add_ls_arguments, on_database(_ls)),
     Command(
@@ -330,5 +358,11 @@ COMMANDS: Final[tuple[Command, ...]] = (
         "re-queue a dead or version_mismatch continuation, due now",
         _add_id_arguments,
         on_database(_retry),
+    ),
+    Command(
+        "serve",
+        "serve an ActorSystem over HTTP and WebSocket RPC, with its scheduler running",
+        _add_serve_arguments,
+        _serve,
     ),
 )
