@@ -7,6 +7,7 @@ the method exists, is public and synchronous, and the recorded arguments bind to
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -77,6 +78,21 @@ def check_handler_chain(cls: type, chain: OperationChain, *, role: str) -> None:
             f"the {role} {str(chain)!r} must start with a method call, like c.handle(c.result)"
         )
     name, call = ops[0].name, ops[1]
+    signature, takes_self = _handler_signature(cls, name)
+    bound_args: tuple[Any, ...] = (None, *call.args) if takes_self else call.args
+    try:
+        signature.bind(*bound_args, **call.kwargs)
+    except TypeError as exc:
+        raise ContinuationChainError(f"{cls.__name__}.{chain!s}: {exc}") from None
+    for nested in _nested_chains(ops):
+        check_handler_chain(cls, nested, role=role)
+
+
+@functools.lru_cache(maxsize=1024)
+def _handler_signature(cls: type, name: str) -> tuple[inspect.Signature, bool]:
+    """The signature of the handler ``cls.name`` and whether it takes ``self``; raises if it
+    cannot be a handler. Cached: every ``continue_`` checks its chain, and most of the cost
+    of the check is here, while the answer depends on the class alone."""
     where = f"{cls.__name__}.{name}"
     if name.startswith("_"):
         raise ContinuationChainError(f"{where} is private; a handler must be a public method")
@@ -90,15 +106,7 @@ def check_handler_chain(cls: type, chain: OperationChain, *, role: str) -> None:
             "commit together. Make it a plain def, and hand slow work to a strategy that "
             "continues with another handler"
         )
-    bound_args: tuple[Any, ...] = call.args
-    if not isinstance(member, staticmethod):
-        bound_args = (None, *bound_args)
-    try:
-        inspect.signature(function).bind(*bound_args, **call.kwargs)
-    except TypeError as exc:
-        raise ContinuationChainError(f"{where}{str(chain)[len(name) :]!s}: {exc}") from None
-    for nested in _nested_chains(ops):
-        check_handler_chain(cls, nested, role=role)
+    return inspect.signature(function), not isinstance(member, staticmethod)
 
 
 def _nested_chains(ops: tuple[Any, ...]) -> Iterator[OperationChain]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -143,12 +144,25 @@ def parse_options(strategy: object, options: dict[str, Any]) -> StrategyOptions:
         known = ", ".join(sorted(STRATEGIES))
         raise ContinuationOptionsError(f"unknown strategy {strategy!r}; available: {known}")
     try:
-        return model(**options)
+        key = tuple(sorted(options.items()))
+        hash(key)
+    except TypeError:
+        key = None
+    try:
+        return _parse_cached(model, key) if key is not None else model(**options)
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise ContinuationOptionsError(
             f"bad options for strategy {strategy!r}: {problems}"
         ) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(
+    model: type[StrategyOptions], items: tuple[tuple[str, Any], ...]
+) -> StrategyOptions:
+    # Options are immutable, and most calls repeat a few combinations (delay=0, cron=...).
+    return model(**dict(items))
 
 
 def _describe(error: Any) -> str:

@@ -64,6 +64,11 @@ class Scheduler:
         self._housekeeping = housekeeping
         self._wake = asyncio.Event()
         self._next_due = math.inf
+        self._max_in_flight = 4 * batch_size
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._escaped: list[BaseException] = []
+        self._reading = 0
+        self._settled: list[str] = []
         self.in_flight: set[str] = set()
         self.revoked: set[str] = set()
 
@@ -74,11 +79,17 @@ class Scheduler:
             self._wake.set()
 
     async def run(self, *, idle_check: float) -> None:
-        """Fire continuations as they fall due on the real clock, until cancelled."""
+        """Fire continuations as they fall due on the real clock, until cancelled.
+
+        Firings are started without waiting for their commits: the next due rows are fetched
+        (on the store's reader, which a commit in progress does not block) while the previous
+        ones are still being made durable, so one slow fsync does not delay later timers.
+        """
         while True:
             self._wake.clear()
+            self._escaped.clear()  # already logged; nobody drains on the real clock
             try:
-                if await self.fire_due():
+                if len(self.in_flight) < self._max_in_flight and await self.fire_due():
                     continue
                 self._housekeeping()
                 next_due = await self._store.next_due()
@@ -87,46 +98,101 @@ class Scheduler:
                 await asyncio.sleep(1.0)
                 continue
             self._next_due = math.inf if next_due is None else next_due
-            wait = min(idle_check, max(0.0, self._next_due - self._runtime.clock.now()))
+            wait = max(0.0, self._next_due - self._runtime.clock.now())
+            if wait == 0.0 and self.in_flight:
+                wait = idle_check  # what is due is being committed; a settling commit wakes us
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(min(idle_check, wait)):
                     await self._wake.wait()
 
     async def fire_due(self) -> int:
-        """Fire one batch of what is due now; return how many fired."""
-        rows = await self._store.fetch_due(self._runtime.clock.now(), self._batch_size)
-        rows = [row for row in rows if row.id not in self.in_flight]
-        if rows:
-            self.in_flight.update(row.id for row in rows)
-            try:
-                await asyncio.gather(*(self._fire(row) for row in rows))
-            finally:
-                self.in_flight.difference_update(row.id for row in rows)
+        """Start firing one batch of what is due now; return how many were started.
+
+        Rows already firing are skipped, including any whose commit settled while the batch
+        was being read (the read may predate that commit). Rows of one actor run one after
+        another in a single task, in due order; each still commits as its own turn.
+        """
+        mark = len(self._settled)
+        self._reading += 1
+        try:
+            now = self._runtime.clock.now()
+            rows = await self._store.fetch_due(now, self._batch_size, skip=set(self.in_flight))
+        finally:
+            self._reading -= 1
+        settled = set(self._settled[mark:])
+        if not self._reading:
+            self._settled.clear()
+        rows = [row for row in rows if row.id not in self.in_flight and row.id not in settled]
+        by_actor: dict[tuple[str, str], list[ContinuationRow]] = {}
+        for row in rows:
+            self.in_flight.add(row.id)
+            by_actor.setdefault((row.binding, row.instance), []).append(row)
+        for group in by_actor.values():
+            task = asyncio.get_running_loop().create_task(self._fire_group(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
         return len(rows)
 
     async def drain(self) -> None:
-        """Fire everything due now, including what those handlers make due now."""
-        while await self.fire_due():
-            pass
-
-    async def _fire(self, row: ContinuationRow) -> None:
-        cls = self._classes.get(row.binding)
-        if cls is None:
-            now = self._now()
-            reason = f"no actor class is registered for binding {row.binding!r}"
-            commit = Commit(row.binding, row.instance, now, update=halted(row, now, reason))
-            await asyncio.wait([self._committer.submit(commit, None)])
-            return
-        async with self._activations.turn(cls, row.instance, activate=False) as slot:
-            if row.id in self.revoked:
-                self.revoked.discard(row.id)
+        """Fire everything due now, including what those handlers make due now, and wait
+        until all of it is durable. What escaped a handler as a ``BaseException`` (handlers'
+        ordinary exceptions are failed attempts) is raised here."""
+        while True:
+            started = await self.fire_due()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            if self._escaped:
+                escaped, self._escaped = self._escaped[0], []
+                raise escaped
+            if not started and not self._tasks:
                 return
-            commit, downstream = await self._turn(slot, row, self._now())
-            if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
-                del slot.keys[row.key]
-            future = self._committer.submit(commit, slot, downstream)
-            self._activations.track(slot, future)
-        await asyncio.wait([future])
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (escaped := task.exception()) is not None:
+            logger.error("a firing failed outside its handler", exc_info=escaped)
+            self._escaped.append(escaped)
+
+    async def close(self) -> None:
+        """Let the firings already started finish and commit."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _fire_group(self, rows: list[ContinuationRow]) -> None:
+        futures: list[asyncio.Future[None]] = []
+        try:
+            cls = self._classes.get(rows[0].binding)
+            if cls is None:
+                for row in rows:
+                    now = self._now()
+                    reason = f"no actor class is registered for binding {row.binding!r}"
+                    commit = Commit(row.binding, row.instance, now, update=halted(row, now, reason))
+                    futures.append(self._committer.submit(commit, None))
+            else:
+                async with self._activations.turn(cls, rows[0].instance, activate=False) as slot:
+                    for row in rows:
+                        future = await self._fire(slot, row)
+                        if future is not None:
+                            futures.append(future)
+            if futures:
+                await asyncio.wait(futures)
+        finally:
+            for row in rows:
+                self.in_flight.discard(row.id)
+                if self._reading:
+                    self._settled.append(row.id)
+            self._wake.set()
+
+    async def _fire(self, slot: ActorSlot, row: ContinuationRow) -> asyncio.Future[None] | None:
+        if row.id in self.revoked:
+            self.revoked.discard(row.id)
+            return None
+        commit, downstream = await self._turn(slot, row, self._now())
+        if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
+            del slot.keys[row.key]
+        future = self._committer.submit(commit, slot, downstream)
+        self._activations.track(slot, future)
+        return future
 
     async def _turn(
         self, slot: ActorSlot, row: ContinuationRow, now: float

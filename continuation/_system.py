@@ -156,6 +156,7 @@ class ActorSystem:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self._scheduler.close()
         await self._committer.close()
         await self._store.close()
 

@@ -8,6 +8,7 @@ while keeping each turn all-or-nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -139,8 +140,11 @@ class Store(Protocol):
         """Dedup keys of one actor's pending continuations, mapped to their ids."""
         ...
 
-    async def fetch_due(self, now: float, limit: int) -> list[ContinuationRow]:
-        """Pending continuations due at or before ``now``, earliest first."""
+    async def fetch_due(
+        self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
+    ) -> list[ContinuationRow]:
+        """Up to ``limit`` pending continuations due at or before ``now`` and not in
+        ``skip``, earliest first (ties by id)."""
         ...
 
     async def next_due(self) -> float | None:

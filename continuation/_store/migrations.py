@@ -46,7 +46,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX continuations_due ON continuations (due_at, id) WHERE status = 'pending';
     CREATE INDEX continuations_actor ON continuations (binding, instance, status);
-    CREATE INDEX continuations_finished ON continuations (status, finished_at);
+    CREATE INDEX continuations_finished ON continuations (finished_at)
+        WHERE finished_at IS NOT NULL;
     CREATE UNIQUE INDEX continuations_key ON continuations (binding, instance, key)
         WHERE key IS NOT NULL AND status = 'pending' AND cancel_requested = 0;
     CREATE TABLE audit (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
 
@@ -68,6 +69,7 @@ class SQLiteStore:
         self._path = path
         self._durability = durability
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -84,6 +86,12 @@ class SQLiteStore:
             await self._db.execute(f"PRAGMA synchronous = {synchronous}")
             await self._db.execute("PRAGMA busy_timeout = 5000")
             await self._migrate(self._db)
+            if self._path not in ("", ":memory:"):
+                # A second connection for reads: in WAL mode a reader never waits for a
+                # commit's fsync, so the scheduler finds due rows while the writer syncs.
+                self._reader = await aiosqlite.connect(self._path, isolation_level=None)
+                await self._reader.execute("PRAGMA query_only = ON")
+                await self._reader.execute("PRAGMA busy_timeout = 5000")
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open the database {self._path!r}: {exc}") from exc
@@ -115,9 +123,26 @@ class SQLiteStore:
 
     async def close(self) -> None:
         db, self._db = self._db, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
         if db is not None:
             async with self._lock:
                 await db.close()
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """All rows of a query, read on the reader connection when there is one; a read
+        sees only committed data."""
+        reader = self._reader
+        if reader is None:
+            async with self._connection() as db:
+                return list(await db.execute_fetchall(sql, tuple(params)))
+        if self._db is None:
+            raise StoreError("the store is closed")
+        try:
+            return list(await reader.execute_fetchall(sql, tuple(params)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -173,29 +198,39 @@ class SQLiteStore:
 
     async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
         sql = "SELECT key, value FROM actor_state WHERE binding = ? AND instance = ?"
-        async with self._connection() as db, db.execute(sql, (binding, instance)) as cursor:
-            return {row[0]: bytes(row[1]) async for row in cursor}
+        return {row[0]: bytes(row[1]) for row in await self._read(sql, (binding, instance))}
 
     async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
         sql = (
             "SELECT key, id FROM continuations WHERE binding = ? AND instance = ?"
             " AND status = 'pending' AND cancel_requested = 0 AND key IS NOT NULL"
         )
-        async with self._connection() as db, db.execute(sql, (binding, instance)) as cursor:
-            return {row[0]: row[1] async for row in cursor}
+        return {row[0]: row[1] for row in await self._read(sql, (binding, instance))}
 
-    async def fetch_due(self, now: float, limit: int) -> list[ContinuationRow]:
+    async def fetch_due(
+        self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
+    ) -> list[ContinuationRow]:
+        # Ids first, from the index alone; whole rows (chains and all) only for those taken.
         sql = (
-            f"SELECT {_COLUMNS} FROM continuations WHERE status = 'pending' AND due_at <= ?"
-            " ORDER BY due_at, id LIMIT ?"
+            "SELECT id FROM continuations INDEXED BY continuations_due"
+            " WHERE status = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
         )
-        return await self._rows(sql, (now, limit))
+        ids = [cid for (cid,) in await self._read(sql, (now, limit + len(skip))) if cid not in skip]
+        if not ids:
+            return []
+        ids = ids[:limit]
+        marks = ", ".join("?" * len(ids))
+        sql = f"SELECT {_COLUMNS} FROM continuations WHERE id IN ({marks}) AND status = 'pending'"
+        rows = await self._rows(sql, ids)
+        return sorted(rows, key=lambda row: (row.due_at or 0.0, row.id))
 
     async def next_due(self) -> float | None:
-        sql = "SELECT MIN(due_at) FROM continuations WHERE status = 'pending'"
-        async with self._connection() as db, db.execute(sql) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        sql = (
+            "SELECT MIN(due_at) FROM continuations INDEXED BY continuations_due"
+            " WHERE status = 'pending'"
+        )
+        [(due,)] = await self._read(sql)
+        return None if due is None else float(due)
 
     async def get(self, cid: str) -> ContinuationRow | None:
         rows = await self._rows(f"SELECT {_COLUMNS} FROM continuations WHERE id = ?", (cid,))
@@ -224,8 +259,7 @@ class SQLiteStore:
 
     async def audit(self, cid: str) -> list[AuditRow]:
         sql = "SELECT at, event, detail FROM audit WHERE cid = ? ORDER BY seq"
-        async with self._connection() as db, db.execute(sql, (cid,)) as cursor:
-            return [AuditRow(row[0], row[1], row[2]) async for row in cursor]
+        return [AuditRow(*row) for row in await self._read(sql, (cid,))]
 
     async def purge(self, *, finished_before: float, statuses: Sequence[str]) -> int:
         marks = ", ".join("?" * len(statuses))
@@ -245,8 +279,7 @@ class SQLiteStore:
         return cursor.rowcount
 
     async def _rows(self, sql: str, params: Iterable[Any]) -> list[ContinuationRow]:
-        async with self._connection() as db, db.execute(sql, tuple(params)) as cursor:
-            return [_row(values) async for values in cursor]
+        return [_row(values) for values in await self._read(sql, params)]
 
 
 def _probe(path: str) -> None:

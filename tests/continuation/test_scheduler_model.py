@@ -21,6 +21,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Awaitable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,8 +100,10 @@ class KillableStore:
     async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
         return await self._live().load_keys(binding, instance)
 
-    async def fetch_due(self, now: float, limit: int) -> list[ContinuationRow]:
-        return await self._live().fetch_due(now, limit)
+    async def fetch_due(
+        self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
+    ) -> list[ContinuationRow]:
+        return await self._live().fetch_due(now, limit, skip=skip)
 
     async def next_due(self) -> float | None:
         return await self._live().next_due()
