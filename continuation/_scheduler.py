@@ -88,19 +88,21 @@ class Scheduler:
         while True:
             self._wake.clear()
             self._escaped.clear()  # already logged; nobody drains on the real clock
-            try:
-                if len(self.in_flight) < self._max_in_flight and await self.fire_due():
+            if len(self.in_flight) >= self._max_in_flight:
+                wait = idle_check  # enough is firing; a settling commit wakes the loop
+            else:
+                try:
+                    if await self.fire_due():
+                        continue
+                    self._housekeeping()
+                    # Rows already firing are only waiting for their commit; look past them.
+                    next_due = await self._store.next_due(skip=set(self.in_flight))
+                except Exception:
+                    logger.exception("the scheduler failed; trying again in a second")
+                    await asyncio.sleep(1.0)
                     continue
-                self._housekeeping()
-                next_due = await self._store.next_due()
-            except Exception:
-                logger.exception("the scheduler failed; trying again in a second")
-                await asyncio.sleep(1.0)
-                continue
-            self._next_due = math.inf if next_due is None else next_due
-            wait = max(0.0, self._next_due - self._runtime.clock.now())
-            if wait == 0.0 and self.in_flight:
-                wait = idle_check  # what is due is being committed; a settling commit wakes us
+                self._next_due = math.inf if next_due is None else next_due
+                wait = max(0.0, self._next_due - self._runtime.clock.now())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(idle_check, wait)):
                     await self._wake.wait()

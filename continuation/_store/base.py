@@ -147,8 +147,8 @@ class Store(Protocol):
         ``skip``, earliest first (ties by id)."""
         ...
 
-    async def next_due(self) -> float | None:
-        """The earliest due time of any pending continuation."""
+    async def next_due(self, *, skip: AbstractSet[str] = frozenset()) -> float | None:
+        """The earliest due time of a pending continuation not in ``skip``."""
         ...
 
     async def get(self, cid: str) -> ContinuationRow | None:

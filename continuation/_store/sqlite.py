@@ -224,13 +224,20 @@ class SQLiteStore:
         rows = await self._rows(sql, ids)
         return sorted(rows, key=lambda row: (row.due_at or 0.0, row.id))
 
-    async def next_due(self) -> float | None:
+    async def next_due(self, *, skip: AbstractSet[str] = frozenset()) -> float | None:
+        if not skip:
+            sql = (
+                "SELECT MIN(due_at) FROM continuations INDEXED BY continuations_due"
+                " WHERE status = 'pending'"
+            )
+            [(due,)] = await self._read(sql)
+            return None if due is None else float(due)
         sql = (
-            "SELECT MIN(due_at) FROM continuations INDEXED BY continuations_due"
-            " WHERE status = 'pending'"
+            "SELECT id, due_at FROM continuations INDEXED BY continuations_due"
+            " WHERE status = 'pending' ORDER BY due_at, id LIMIT ?"
         )
-        [(due,)] = await self._read(sql)
-        return None if due is None else float(due)
+        rows = await self._read(sql, (len(skip) + 1,))
+        return next((float(due) for cid, due in rows if cid not in skip), None)
 
     async def get(self, cid: str) -> ContinuationRow | None:
         rows = await self._rows(f"SELECT {_COLUMNS} FROM continuations WHERE id = ?", (cid,))

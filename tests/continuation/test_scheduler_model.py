@@ -105,8 +105,8 @@ class KillableStore:
     ) -> list[ContinuationRow]:
         return await self._live().fetch_due(now, limit, skip=skip)
 
-    async def next_due(self) -> float | None:
-        return await self._live().next_due()
+    async def next_due(self, *, skip: AbstractSet[str] = frozenset()) -> float | None:
+        return await self._live().next_due(skip=skip)
 
     async def get(self, cid: str) -> ContinuationRow | None:
         return await self._live().get(cid)

@@ -173,5 +173,6 @@ async def test_the_scheduler_queries_use_an_index(
         pass
     with sqlite3.connect(db_path) as db:
         plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
-    assert "USING" in plan and "INDEX" in plan, plan
+    assert "USING" in plan, plan
+    assert "INDEX" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
