@@ -9,7 +9,7 @@ from ._store.base import AuditRow, ContinuationRow
 
 
 def info_of(
-    row: ContinuationRow, *, running: bool, audit: Sequence[AuditRow] = ()
+    row: ContinuationRow, *, running: bool, audit: Sequence[AuditRow] | None = None
 ) -> ContinuationInfo:
     """A snapshot of ``row``; ``running`` when its turn is executing right now."""
     status = ContinuationStatus(row.status)
@@ -35,5 +35,15 @@ def info_of(
         cron=row.cron,
         version=row.version,
         cancel_requested=row.cancel_requested,
-        audit=tuple(AuditEvent(to_datetime(a.at), a.event, a.detail) for a in audit),
+        audit=_trail(row, audit) if audit is not None else (),
     )
+
+
+def _trail(row: ContinuationRow, stored: Sequence[AuditRow]) -> tuple[AuditEvent, ...]:
+    """The audit trail: the stored events between "scheduled" and "completed", which are
+    read from the row's ``created_at`` and ``finished_at`` rather than stored twice."""
+    events = [AuditEvent(to_datetime(row.created_at), "scheduled")]
+    events += [AuditEvent(to_datetime(a.at), a.event, a.detail) for a in stored]
+    if row.status == ContinuationStatus.COMPLETED and row.finished_at is not None:
+        events.append(AuditEvent(to_datetime(row.finished_at), "completed"))
+    return tuple(events)

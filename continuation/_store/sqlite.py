@@ -323,7 +323,6 @@ async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
                  new.chain_text, new.error_chain_text, new.options, new.retry, new.due_at,
                  new.due_at, now, now, new.key, new.cron, new.version)
             )  # fmt: skip
-            events.append((new.id, now, "scheduled", None))
         update = commit.update
         if update is not None:
             updates.append(
