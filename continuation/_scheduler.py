@@ -181,6 +181,7 @@ class Scheduler:
         finally:
             for row in rows:
                 self.in_flight.discard(row.id)
+                self.revoked.discard(row.id)  # moot once this firing is over
                 if self._reading:
                     self._settled.append(row.id)
             self._wake.set()
