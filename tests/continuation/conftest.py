@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,10 +10,28 @@ from typing import Any
 import pytest
 
 from continuation import Actor, ActorSystem, ManualClock
+from continuation._store.base import Commit
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 OpenSystem = Callable[..., ActorSystem]
+CommitHook = Callable[[Sequence[Commit], int], None]
+
+
+def hook_commits(monkeypatch: pytest.MonkeyPatch, system: ActorSystem, hook: CommitHook) -> None:
+    """Call ``hook(commits, n)`` before the store applies its ``n``-th batch (from 1); what it
+    raises fails that batch, as a disk error would."""
+    store = system._store
+    original = store.apply
+    calls = 0
+
+    async def apply(commits: Sequence[Commit]) -> set[int]:
+        nonlocal calls
+        calls += 1
+        hook(commits, calls)
+        return await original(commits)
+
+    monkeypatch.setattr(store, "apply", apply)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from continuation import (
 from continuation._store.migrations import LATEST_VERSION
 from rpc._host import DownstreamMessage
 
-from .conftest import OpenSystem
+from .conftest import OpenSystem, hook_commits
 
 
 class Notifier(Actor):
@@ -68,21 +68,18 @@ async def test_a_firing_changed_by_another_process_is_not_committed(
 ) -> None:
     async with open_system(Notifier) as system:
         cid = await system.get(Notifier, "n").schedule()
-        store = system._store
-        original = store.apply
 
-        async def cancel_first(commits: Any) -> set[int]:
+        def cancel_first(commits: Any, n: int) -> None:
             # Another process cancels the row between the fetch and the firing's commit.
-            with sqlite3.connect(db_path) as other:
-                other.execute(
-                    "UPDATE continuations SET status = 'cancelled', revision = revision + 1"
-                    " WHERE id = ?",
-                    (cid,),
-                )
-            monkeypatch.setattr(store, "apply", original)
-            return await original(commits)
+            if n == 1:
+                with sqlite3.connect(db_path) as other:
+                    other.execute(
+                        "UPDATE continuations SET status = 'cancelled', revision = revision + 1"
+                        " WHERE id = ?",
+                        (cid,),
+                    )
 
-        monkeypatch.setattr(store, "apply", cancel_first)
+        hook_commits(monkeypatch, system, cancel_first)
         received: list[DownstreamMessage] = []
         system.add_downstream_listener(received.append)
         await system.advance(1)
@@ -138,14 +135,12 @@ async def test_a_firing_whose_commit_failed_fires_again(
 ) -> None:
     async with open_system(Notifier) as system:
         cid = await system.get(Notifier, "n").schedule()
-        store = system._store
-        original = store.apply
 
-        async def fail_once(commits: Any) -> set[int]:
-            monkeypatch.setattr(store, "apply", original)
-            raise OSError("transient")
+        def fail_once(commits: Any, n: int) -> None:
+            if n == 1:
+                raise OSError("transient")
 
-        monkeypatch.setattr(store, "apply", fail_once)
+        hook_commits(monkeypatch, system, fail_once)
         await system.advance(1)
         info = await system.continuation(cid)
         # The lost commit is not a failed attempt: the handler's turn simply runs again.

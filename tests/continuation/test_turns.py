@@ -19,7 +19,7 @@ from continuation import (
 )
 from operation_chain import ChainSecurityError, ExecutionPolicy, chain_of, expose
 
-from .conftest import OpenSystem
+from .conftest import OpenSystem, hook_commits
 
 ACTIVATIONS: list[str] = []
 
@@ -265,18 +265,12 @@ async def test_a_failed_commit_fails_the_turn_and_reloads_the_actor(
     async with open_system(Counter) as system:
         counter = system.get(Counter, "a")
         await counter.increment(1)
-        store = system._store
-        original = store.apply
-        calls = 0
 
-        async def failing_once(commits: Any) -> set[int]:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
+        def failing_once(commits: Any, n: int) -> None:
+            if n == 1:
                 raise OSError("disk full")
-            return await original(commits)
 
-        monkeypatch.setattr(store, "apply", failing_once)
+        hook_commits(monkeypatch, system, failing_once)
         with pytest.raises(CommitError, match="disk full"):
             await counter.increment(10)
         assert await counter.value() == 1  # reloaded from disk: the lost write is gone
@@ -289,15 +283,12 @@ async def test_turns_queued_behind_a_lost_commit_are_refused(
     async with open_system(Counter) as system:
         counter = system.get(Counter, "a")
         await counter.increment(1)
-        store = system._store
-        original = store.apply
 
-        async def failing_for_ten(commits: Any) -> set[int]:
+        def failing_for_ten(commits: Any, n: int) -> None:
             if any(c.writes.get("n") == system._runtime.codec.dumps(11) for c in commits):
                 raise OSError("bad sector")
-            return await original(commits)
 
-        monkeypatch.setattr(store, "apply", failing_for_ten)
+        hook_commits(monkeypatch, system, failing_for_ten)
         results = await asyncio.gather(
             counter.increment(10), counter.increment(5), return_exceptions=True
         )
