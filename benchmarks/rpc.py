@@ -2,14 +2,17 @@
 
     python benchmarks/rpc.py [--quick]
 
+The server (``benchmarks/rpc_server.py``) runs a real ``continuation.ActorSystem`` on SQLite.
 Rows (medians of sequential round trips, in microseconds):
-- a trivial call (``counter.increment()``) over WebSocket, next to a raw WebSocket echo made
-  with the same client library (websockets, same options) against the same server process;
-- the same call over HTTP, next to a raw HTTP POST made with httpx against the same server;
-- a 5-call pipelined chain (each call takes the previous one's result) over WebSocket, next
+- a trivial call (``counter.ping()``, which touches no storage) over WebSocket, next to a raw
+  WebSocket echo made with the same client library (websockets, same options) against the
+  same server process;
+- a call that writes storage (``counter.increment()``, one committed turn) over WebSocket;
+- the trivial call over HTTP, next to a raw HTTP POST made with httpx against the same server;
+- a 5-call pipelined chain (``ping()`` then four ``add(previous, 1)``) over WebSocket, next
   to the same 5 calls awaited one by one;
-- 100 calls started in one event-loop tick, with the round trips they used, counted by the
-  server.
+- 100 ``increment()`` calls started in one event-loop tick, with the round trips they used,
+  counted by the server.
 
 Targets: a WebSocket call at most 1.5x the raw echo; the 5-call pipelined chain at most 1.3x
 a single call; 100 concurrent calls in one round trip. Exit status 1 when one is missed.
@@ -50,23 +53,9 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
-    """uvicorn serving ``benchmarks.rpc_server:app`` in its own process; returns once it listens."""
+    """``benchmarks/rpc_server.py`` in its own process; returns once it listens."""
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.rpc_server:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "rpc_server.py"), "--port", str(port)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
@@ -107,7 +96,7 @@ async def server_counts(http: httpx.AsyncClient, base: str) -> dict[str, int]:
 
 
 async def pipelined(counter: RpcProxy) -> int:
-    value = counter.increment()
+    value = counter.ping()
     for _ in range(4):
         value = counter.add(value, 1)
     result: int = await value
@@ -115,7 +104,7 @@ async def pipelined(counter: RpcProxy) -> int:
 
 
 async def sequential(counter: RpcProxy) -> None:
-    value = await counter.increment()
+    value = await counter.ping()
     for _ in range(4):
         value = await counter.add(value, 1)
 
@@ -143,14 +132,18 @@ async def measure(port: int, rounds: int) -> tuple[list[tuple[str, str]], bool]:
             await http.post(f"{base_http}/raw/http", content=frame)
 
         async def call() -> None:
+            await counter.ping()
+
+        async def writing_call() -> None:
             await counter.increment()
 
         async def http_call() -> None:
-            await http_counter.increment()
+            await http_counter.ping()
 
         ws_call, ws_echo, chain5 = await medians_us(
             [call, echo, lambda: pipelined(counter)], rounds
         )
+        (ws_write,) = await medians_us([writing_call], rounds // 10)
         http_rpc, http_raw = await medians_us([http_call, post], rounds // 4)
         (seq5,) = await medians_us([lambda: sequential(counter)], rounds // 10)
 
@@ -164,13 +157,17 @@ async def measure(port: int, rounds: int) -> tuple[list[tuple[str, str]], bool]:
 
     ws_ratio, pipeline_ratio = ws_call / ws_echo, chain5 / ws_call
     rows = [
-        ("WebSocket call, counter.increment()", f"{ws_call:.0f}"),
+        ("WebSocket call, counter.ping()", f"{ws_call:.0f}"),
         ("  raw WebSocket echo (websockets)", f"{ws_echo:.0f}"),
-        ("HTTP call, counter.increment()", f"{http_rpc:.0f}"),
+        ("WebSocket call writing storage, counter.increment()", f"{ws_write:.0f}"),
+        ("HTTP call, counter.ping()", f"{http_rpc:.0f}"),
         ("  raw HTTP POST (httpx)", f"{http_raw:.0f}"),
         ("5-call pipelined chain (WebSocket)", f"{chain5:.0f}"),
         ("  the same 5 calls awaited one by one", f"{seq5:.0f}"),
-        (f"{CONCURRENT_CALLS} concurrent calls in one tick (WebSocket)", f"{concurrent_us:.0f}"),
+        (
+            f"{CONCURRENT_CALLS} concurrent increment() in one tick (WebSocket)",
+            f"{concurrent_us:.0f}",
+        ),
         ("  round trips they used (counted by the server)", f"{round_trips}"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -1,74 +1,54 @@
 """The server process of ``benchmarks/rpc.py``: the RPC app and its raw peers, side by side.
 
-    uvicorn benchmarks.rpc_server:app --ws websockets-sansio
+    python benchmarks/rpc_server.py --port 8000 [--db FILE]
 
-Routes, all in one process:
+It runs a real ``continuation.ActorSystem`` (SQLite in a temporary directory unless ``--db``
+is given) as an async context manager around uvicorn, with uvicorn's sans-I/O websockets
+implementation. Routes, all in one process and one app:
 
-- ``/rpc``: ``create_rpc_app`` serving a ``counter`` binding;
+- ``/rpc``: ``create_rpc_app`` serving the ``counter`` binding (the ``Counter`` actor);
 - ``/raw/ws``: a WebSocket that echoes each text frame (the floor for a WebSocket call);
 - ``/raw/http``: a POST that answers with its own body (the floor for an HTTP call);
 - ``/raw/stats``: how many HTTP requests and WebSocket frames reached the app, so the client
   can count round trips on the server side.
-
-The actors live in ``BenchHost``, a minimal in-memory ``ActorHost``; swap it for an
-``ActorSystem`` to measure the real runtime.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-from collections.abc import Callable
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from operation_chain import ExecutionPolicy, OperationChain, execute_operation_chain_async
-from rpc import DownstreamMessage
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from continuation import Actor, ActorSystem
 from rpc.server import create_rpc_app
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.value = 0
+class Counter(Actor):
+    """The benchmark's actor: ``ping`` and ``add`` touch no storage, ``increment`` does."""
 
-    def increment(self) -> int:
-        self.value += 1
-        return self.value
+    binding = "counter"
+
+    def ping(self) -> int:
+        return 1
 
     def add(self, a: int, b: int) -> int:
         return a + b
 
-
-class BenchHost:
-    """One plain object per instance, one call at a time per instance (an asyncio lock)."""
-
-    def __init__(self) -> None:
-        self._actors: dict[str, Counter] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def has_binding(self, binding: str) -> bool:
-        return binding == "counter"
-
-    async def call(
-        self,
-        binding: str,
-        instance: str,
-        chain: OperationChain,
-        *,
-        principal: Any = None,
-        policy: ExecutionPolicy | None = None,
-    ) -> Any:
-        actor = self._actors.get(instance) or self._actors.setdefault(instance, Counter())
-        async with self._locks.setdefault(instance, asyncio.Lock()):
-            return await execute_operation_chain_async(actor, chain, policy=policy)
-
-    def add_downstream_listener(
-        self, listener: Callable[[DownstreamMessage], None]
-    ) -> Callable[[], None]:
-        return lambda: None
+    def increment(self) -> int:
+        count: int = self.storage.get("count", 0) + 1
+        self.storage.put("count", count)
+        return count
 
 
 class Counting:
@@ -108,23 +88,51 @@ async def raw_post(request: Request) -> Response:
     return Response(await request.body(), media_type="application/json")
 
 
-async def stats(request: Request) -> Response:
-    return JSONResponse({"http": app.http, "frames": app.frames})
-
-
-def build_app() -> Counting:
+def build_app(system: ActorSystem) -> Counting:
     """The RPC app as uvicorn would serve it, with the raw peers added to the same router.
 
     The peers live in the RPC app's own route table rather than in an outer app that mounts
     it, so a raw frame and an RPC frame pass through the same layers of ASGI code.
     """
-    rpc_app = create_rpc_app(BenchHost())
+    rpc_app = create_rpc_app(system)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse({"http": counting.http, "frames": counting.frames})
+
     rpc_app.router.routes += [
         WebSocketRoute("/raw/ws", raw_echo),
         Route("/raw/http", raw_post, methods=["POST"]),
         Route("/raw/stats", stats),
     ]
-    return Counting(rpc_app)
+    counting = Counting(rpc_app)
+    return counting
 
 
-app = build_app()
+async def serve(port: int, database: str) -> None:
+    async with ActorSystem(database, actors=[Counter]) as system:
+        config = uvicorn.Config(
+            build_app(system),
+            host="127.0.0.1",
+            port=port,
+            ws="websockets-sansio",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+        await uvicorn.Server(config).serve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--db", help="the SQLite file (default: one in a temporary directory)")
+    args = parser.parse_args()
+    if args.db is not None:
+        asyncio.run(serve(args.port, args.db))
+        return
+    with tempfile.TemporaryDirectory(prefix="ocan-rpc-bench-") as directory:
+        asyncio.run(serve(args.port, str(Path(directory) / "bench.db")))
+
+
+if __name__ == "__main__":
+    main()

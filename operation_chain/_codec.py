@@ -22,7 +22,7 @@ import orjson
 
 from ._chain import CHAIN_VERSION, OperationChain
 from ._decode import Decoder, scan
-from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported
+from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported, plain_ops
 from ._errors import ChainValidationError, CodecError, DecodeError
 from ._policy import DEFAULT_POLICY, ExecutionPolicy
 from ._registry import DEFAULT_REGISTRY, TypeRegistry
@@ -77,6 +77,21 @@ class Codec:
 
     def encode(self, value: Any) -> Any:
         """Encode to a JSON-compatible tree. Raises ``UnsupportedTypeError`` with a path."""
+        # Shortcuts for the commonest values on a wire (a call's result, a call): they share
+        # nothing, so they need no Encoder and its identity memo.
+        kind = type(value)
+        if kind is int:
+            if INT_MIN <= value <= INT_MAX:
+                return value
+        elif kind is str:
+            if value.isascii():
+                return value
+        elif value is None or kind is bool:
+            return value
+        elif kind is OperationChain:
+            ops = plain_ops(value.ops)
+            if ops is not None:
+                return {"$chain": ops}
         return self._run(value, Encoder.enc)
 
     def decode(self, data: Any) -> Any:
@@ -246,7 +261,9 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 def encode_chain(chain: OperationChain, codec: Codec = SAFE_CODEC) -> dict[str, Any]:
     """The versioned JSON form of a chain, ``{"v": 1, "ops": [...]}``."""
-    ops = codec._run(chain, Encoder.ops)
+    ops = plain_ops(chain.ops)
+    if ops is None:
+        ops = codec._run(chain, Encoder.ops)
     return {"v": CHAIN_VERSION, "ops": ops}
 
 
@@ -265,7 +282,7 @@ def decode_chain(
     if type(data) is not dict and not isinstance(data, Mapping):
         raise ChainValidationError(f"a chain must be a JSON object, not {type(data).__name__}")
     version = data.get("v")
-    if version != CHAIN_VERSION or type(version) is not int:
+    if type(version) is not int or version != CHAIN_VERSION:
         raise ChainValidationError(
             f"unsupported chain version {version!r}; this library reads version {CHAIN_VERSION}"
         )

@@ -84,6 +84,8 @@ class Decoder:
         if kind is dict:
             if len(value) == 1:
                 (key,) = value
+                if key == "$chain":  # a nested chain, as pipelined calls send: no lookup
+                    return OperationChain._build(self.ops(value[key], "$chain"))
                 if key[:1] == "$":
                     return self.tag(key, value[key])
             self.descend()
@@ -301,9 +303,36 @@ class Decoder:
         if type(data) is not list:
             raise ChainValidationError(f"{where}: ops must be a list")
         self.descend()
-        ops = tuple([self.op(op, where, index) for index, op in enumerate(data)])
+        ops: list[Operation] = []
+        for op in data:
+            # The two commonest shapes, inlined: a read of a name seen before, and a call
+            # with both argument keys (what encode() writes). ``op`` does everything else.
+            if type(op) is dict:
+                if len(op) == 2:
+                    name = op.get("name")
+                    if op.get("op") == "get" and type(name) is str and name and name in GET_OPS:
+                        ops.append(GET_OPS[name])
+                        continue
+                elif len(op) == 3 and op.get("op") == "call":
+                    args, kwargs = op.get("args"), op.get("kwargs")
+                    if type(args) is list and type(kwargs) is dict:
+                        ops.append(self.call(args, kwargs))
+                        continue
+            ops.append(self.op(op, where, len(ops)))
         self.depth -= 1
-        return ops
+        return tuple(ops)
+
+    def call(self, args: list[Any] | tuple[Any, ...], kwargs: dict[str, Any]) -> Operation:
+        """A call operation from its well-formed ``args`` and ``kwargs``."""
+        if not args and not kwargs:
+            return NO_ARGUMENTS
+        dec = self.dec
+        return call_op(
+            tuple([a if type(a) in _JSON_SCALARS else dec(a) for a in args]) if args else (),
+            {k: v if type(v) in _JSON_SCALARS else dec(v) for k, v in kwargs.items()}
+            if kwargs
+            else {},
+        )
 
     def op(self, data: Any, where: str, index: int) -> Operation:
         """One operation; the fast path accepts well-formed ones, ``op_error`` explains others."""
@@ -321,19 +350,7 @@ class Decoder:
                     and type(kwargs) is dict
                     and len(data) == 1 + ("args" in data) + ("kwargs" in data)
                 ):
-                    if not args and not kwargs:
-                        return NO_ARGUMENTS
-                    return call_op(
-                        tuple([a if type(a) in _JSON_SCALARS else self.dec(a) for a in args])
-                        if args
-                        else (),
-                        {
-                            k: v if type(v) in _JSON_SCALARS else self.dec(v)
-                            for k, v in kwargs.items()
-                        }
-                        if kwargs
-                        else {},
-                    )
+                    return self.call(args, kwargs)
             elif kind == "item" and len(data) == 2 and "key" in data:
                 return ItemOp(self.dec(data["key"]))
         raise _op_error(data, f"{where}.ops[{index}]")

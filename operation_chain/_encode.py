@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from ._chain import CallOp, GetOp, ItemOp, OperationChain
+from ._chain import CallOp, GetOp, ItemOp, Operation, OperationChain
 from ._errors import RemoteError, UnsupportedTypeError
 from ._markers import Marker
 from ._proxy import OperationProxy
@@ -358,10 +358,15 @@ class Encoder:
     # -- chains ------------------------------------------------------------------------------
 
     def chain(self, chain: OperationChain) -> Any:
-        ref = self.seen(chain)
-        if ref is not None:
-            return ref
-        return self.wrap(chain, {"$chain": self.ops(chain)})
+        # seen() and wrap(), inlined: pipelined calls nest a chain per call.
+        key = id(chain)
+        memo = self.memo
+        if key in memo:
+            return self.ref(key, memo[key], chain)
+        memo[key] = len(self.objects)
+        self.objects.append(chain)
+        encoded = {"$chain": self.ops(chain)}
+        return self.wrap(chain, encoded) if self.wrapped else encoded
 
     def ops(self, chain: OperationChain) -> list[Any]:
         self.descend()
@@ -391,12 +396,31 @@ class Encoder:
                 exc.parts.append(".key")
                 raise
         if kind is CallOp:
-            args = self.indexed(op.args, self.enc, ".args")
-            return {"op": "call", "args": args, "kwargs": self.call_kwargs(op)}
+            return {"op": "call", "args": self.call_args(op), "kwargs": self.call_kwargs(op)}
         raise Unsupported(type_name(op), "not an operation (GetOp, ItemOp or CallOp)")
+
+    def call_args(self, op: CallOp) -> list[Any]:
+        out: list[Any] = []
+        append = out.append
+        try:
+            # Plain scalars and nested chains (pipelined calls) skip the dispatch in enc().
+            for value in op.args:
+                kind = type(value)
+                if kind is bool or value is None or (kind is int and INT_MIN <= value <= INT_MAX):
+                    append(value)
+                elif kind is OperationChain:
+                    append(self.chain(value))
+                else:
+                    append(self.enc(value))
+        except Unsupported as exc:
+            exc.parts.append(f".args[{len(out)}]")
+            raise
+        return out
 
     def call_kwargs(self, op: CallOp) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if not op.kwargs:
+            return out
         name = ""
         try:
             for name, value in op.kwargs.items():
@@ -405,6 +429,48 @@ class Encoder:
             exc.parts.append(f".kwargs{_key_part(name)}")
             raise
         return out
+
+
+def plain_ops(ops: tuple[Operation, ...]) -> list[dict[str, Any]] | None:
+    """The encoded operations when every argument and item key encodes to itself, else
+    ``None``: the common chain (``p.increment(2)``) then needs no ``Encoder`` walk.
+
+    Only values that are their own encoding pass: ASCII strings, integers in the JSON
+    range, finite floats, booleans and ``None``; anything else, even a non-ASCII string,
+    goes through ``Encoder.op``, which produces the same tree for what passes here.
+    """
+    out: list[dict[str, Any]] = []
+    for op in ops:
+        if type(op) is GetOp:
+            out.append({"op": "get", "name": op.name})
+        elif type(op) is CallOp:
+            args, kwargs = op.args, op.kwargs
+            if (args and not _all_plain(args)) or (kwargs and not _all_plain(kwargs.values())):
+                return None
+            out.append({"op": "call", "args": list(args), "kwargs": dict(kwargs)})
+        elif type(op) is ItemOp and _all_plain((op.key,)):
+            out.append({"op": "item", "key": op.key})
+        else:
+            return None
+    return out
+
+
+def _all_plain(values: Any) -> bool:
+    """Whether every value is a JSON scalar that encodes to itself."""
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                return False
+        elif kind is int:
+            if not INT_MIN <= value <= INT_MAX:
+                return False
+        elif kind is float:
+            if value - value != 0.0:  # nan and the infinities are tagged
+                return False
+        elif kind is not bool and value is not None:
+            return False
+    return True
 
 
 def _utf8_clean(text: str) -> bool:

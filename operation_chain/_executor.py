@@ -245,13 +245,23 @@ class _AsyncRun(_Run):
                 check_get(value, op.name)
                 value = getattr(value, op.name)
             elif type(op) is CallOp:
-                if _call_is_dynamic(op):
-                    check_call(value)  # before any nested chain of the call runs
-                    await self.run_nested((*op.args, *op.kwargs.values()))
+                check_call(value)  # before any nested chain of the call runs
+                args, kwargs = op.args, op.kwargs
+                chains = _direct_chains(args, kwargs)
+                if chains is None:  # containers or markers to search
+                    await self.run_nested((*args, *kwargs.values()))
                     value = self.call_resolved(value, op)
+                elif chains:  # nested chains passed directly, as pipelined calls are
+                    results = self.results
+                    for nested in chains:
+                        if id(nested) not in results:
+                            results[id(nested)] = (nested, await self.run(nested))
+                    args = tuple([_result(results, arg) for arg in args])
+                    if kwargs:
+                        kwargs = {name: _result(results, arg) for name, arg in kwargs.items()}
+                    value = value(*args, **kwargs)
                 else:
-                    check_call(value)
-                    value = value(*op.args, **op.kwargs) if op.kwargs else value(*op.args)
+                    value = value(*args, **kwargs) if kwargs else value(*args)
             elif type(op) is ItemOp:
                 key = op.key
                 if type(key) not in SCALAR_TYPES and _has_dynamic((key,)):
@@ -318,6 +328,27 @@ def _call_is_dynamic(op: CallOp) -> bool:
         if type(value) not in SCALAR_TYPES:
             return _has_dynamic(op.args) or _has_dynamic(op.kwargs.values())
     return bool(op.kwargs) and _has_dynamic(op.kwargs.values())
+
+
+def _direct_chains(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[OperationChain] | None:
+    """The nested chains among a call's arguments when none is a container or a marker
+    (an empty list when there are none); ``None`` when some argument needs ``resolve``."""
+    chains: list[OperationChain] = []
+    for values in (args, kwargs.values()) if kwargs else (args,):
+        for value in values:
+            kind = type(value)
+            if kind in SCALAR_TYPES:
+                continue
+            if kind is list or kind is tuple or kind is dict or isinstance(value, Marker):
+                return None
+            if isinstance(value, OperationChain):
+                chains.append(value)
+    return chains
+
+
+def _result(results: dict[int, tuple[OperationChain, Any]], value: Any) -> Any:
+    """An argument's value: the result of a nested chain that ran, or the argument itself."""
+    return results[id(value)][1] if isinstance(value, OperationChain) else value
 
 
 def _nested_chains(values: Iterable[Any], seen: set[int]) -> Iterator[OperationChain]:

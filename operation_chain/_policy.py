@@ -38,7 +38,7 @@ from typing import Any, Final, NoReturn, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._chain import CallOp, GetOp, ItemOp, Operation, OperationChain
+from ._chain import CallOp, GetOp, ItemOp, Operation, OperationChain, _set_private
 from ._errors import (
     ChainLimitError,
     ChainSecurityError,
@@ -58,6 +58,7 @@ _PASSED_FIRST: Final[set[tuple[type, str, bool, bool]]] = set()
 _PASSED_FIRST_LIMIT: Final = 4096
 
 _EXPOSED: Final = "__operation_chain_exposed__"
+_PRECHECKED: Final = "precheck"  # the key of a chain's private data that holds the note
 _MISSING: Final = object()
 
 # The slot descriptors of ``type`` itself: a metaclass cannot override these, so reading a
@@ -136,7 +137,45 @@ class ExecutionPolicy(BaseModel):
         """
         if not isinstance(chain, OperationChain):
             raise TypeError(f"check() takes an OperationChain, not {type(chain).__name__}")
+        private = chain.__pydantic_private__
+        if private:
+            record = private.get(_PRECHECKED)
+            if record is not None and record.covers(self, chain, injected):
+                if target is not None:
+                    for ops in record.firsts:
+                        _check_first(self, target, ops)
+                return
         _StaticCheck(self, target, injected).run(chain)
+
+    def precheck(self, chain: OperationChain, *, injected: Set[str] = frozenset()) -> None:
+        """Check ``chain`` without a target, as ``check`` does, and note on it that it passed.
+
+        A later ``check`` of the same chain by this policy (the one every execution makes)
+        then repeats only what needs the target: the static lookup of each chain's first
+        member. A server that checks a request's chains before running any of them thus
+        walks each chain once, not twice.
+
+        The note is keyed to this policy and to the chain's operations, and covers the same
+        or more ``injected`` names. It cannot see a list or dict argument changed in place
+        afterwards, so precheck only chains nothing else can reach before they run, such as
+        those just decoded from a request. The checks made while a chain runs
+        (``check_get``, ``check_call``) happen either way.
+
+        Raises:
+            TypeError: ``chain`` is not an ``OperationChain``.
+            ChainSecurityError: as for ``check`` (``ChainLimitError`` for limits).
+            ChainValidationError: as for ``check``.
+            MarkerNotInjectedError: a marker outside ``injected`` (none, by default).
+
+        A chain that fails gets no note.
+        """
+        if not isinstance(chain, OperationChain):
+            raise TypeError(f"precheck() takes an OperationChain, not {type(chain).__name__}")
+        walk = _StaticCheck(self, None, injected)
+        walk.firsts = {}
+        walk.run(chain)
+        record = _Prechecked(self, chain.ops, frozenset(injected), tuple(walk.firsts.values()))
+        _set_private(chain, {_PRECHECKED: record})
 
     def check_encoded_size(self, size: int) -> None:
         """Refuse an encoded chain of ``size`` bytes if it is over ``max_encoded_size``."""
@@ -283,6 +322,65 @@ def _check_exposed(cls: type, name: str) -> None:
     )
 
 
+def _check_first(policy: ExecutionPolicy, target: object, ops: tuple[Operation, ...]) -> None:
+    """Check a chain's first operation against what the target's class reveals."""
+    first = ops[0]
+    if type(first) is CallOp:
+        _check_call(policy, target)
+    elif type(first) is GetOp:
+        # Everything below depends only on the class, the name and the policy, so a verdict
+        # that passed is remembered. Should the class later be changed to hold a class or
+        # module under that name, the runtime checks still refuse it before any call (and
+        # its nested chains) runs.
+        calls = len(ops) > 1 and type(ops[1]) is CallOp
+        verdict = (type(target), first.name, calls, policy.strict)
+        if verdict in _PASSED_FIRST:
+            return
+        if policy.strict or isinstance(target, ModuleType) or type(target) in _INTERNAL_TYPES:
+            _check_get(policy, target, first.name)  # private names: refused by the walk
+        member = _class_member(type(target), first.name)
+        if isinstance(member, staticmethod):
+            member = member.__func__
+        if isinstance(member, ModuleType):
+            raise ChainSecurityError(
+                f"refused attribute {first.name!r}: it is the module {member.__name__!r},"
+                " and modules are not reachable through a chain"
+            )
+        if calls:
+            _check_call(policy, member)
+        if len(_PASSED_FIRST) < _PASSED_FIRST_LIMIT:
+            _PASSED_FIRST.add(verdict)
+
+
+class _Prechecked:
+    """What ``ExecutionPolicy.precheck`` notes on a chain that passed (a plain class: it is
+    made for every request a server checks, and a frozen dataclass costs more to build)."""
+
+    __slots__ = ("firsts", "injected", "ops", "policy")
+
+    def __init__(
+        self,
+        policy: ExecutionPolicy,
+        ops: tuple[Operation, ...],
+        injected: frozenset[str],
+        firsts: tuple[tuple[Operation, ...], ...],
+    ) -> None:
+        self.policy = policy
+        self.ops = ops
+        self.injected = injected
+        self.firsts = firsts  # what _check_first needs to see, once per distinct verdict
+
+    def covers(
+        self, policy: ExecutionPolicy, chain: OperationChain, injected: Set[str] | None
+    ) -> bool:
+        """Whether the note vouches for ``policy.check(chain, injected=injected)``."""
+        return (
+            self.policy is policy
+            and self.ops is chain.ops
+            and (injected is None or not self.injected or self.injected.issubset(injected))
+        )
+
+
 class _StaticCheck:
     """One walk of ``ExecutionPolicy.check`` over a chain and its nested chains.
 
@@ -304,6 +402,7 @@ class _StaticCheck:
         "_policy",
         "_target",
         "_top",
+        "firsts",
     )
 
     def __init__(self, policy: ExecutionPolicy, target: object, injected: Set[str] | None):
@@ -316,6 +415,11 @@ class _StaticCheck:
         self._operations = 0
         self._active: set[int] = set()
         self._heights: dict[int, tuple[OperationChain, int]] = {}
+        # When a dict: for each distinct verdict of _check_first (it depends only on the
+        # first operation, and for a read on its name and whether a call follows), the
+        # operations of the first chain walked that needs it, in the order a full check with
+        # a target would look them up.
+        self.firsts: dict[object, tuple[Operation, ...]] | None = None
 
     def run(self, chain: OperationChain) -> None:
         self._top = chain
@@ -350,8 +454,16 @@ class _StaticCheck:
         if self._operations > self._max_operations:
             self._refuse_operations()
         height = 1 + self._walk(ops, depth)
-        if ops and self._target is not None:
-            self._check_first(ops)
+        if ops:
+            if self._target is not None:
+                _check_first(self._policy, self._target, ops)
+            if self.firsts is not None:
+                first = ops[0]
+                if type(first) is GetOp:
+                    key = (first.name, len(ops) > 1 and type(ops[1]) is CallOp)
+                    self.firsts.setdefault(key, ops)
+                elif type(first) is CallOp:
+                    self.firsts.setdefault(CallOp, ops)
         return height
 
     def _walk(self, ops: tuple[Operation, ...], depth: int) -> int:
@@ -383,12 +495,17 @@ class _StaticCheck:
             else:
                 raise ChainValidationError(f"unknown operation {op!r} in a chain")
             for value in values:
-                if type(value) not in SCALAR_TYPES:
+                kind = type(value)
+                if kind in SCALAR_TYPES:
+                    continue
+                if kind is OperationChain:  # passed directly, as pipelined calls are
+                    found = self._nested(value, depth + 1)
+                else:
                     if seen is None:
                         seen = set()
                     found = self._value(value, depth, seen)
-                    if found > height:
-                        height = found
+                if found > height:
+                    height = found
         return height
 
     def _value(self, value: Any, depth: int, seen: set[int]) -> int:
@@ -409,35 +526,6 @@ class _StaticCheck:
         if isinstance(value, Marker) and injected is not None and value.name not in injected:
             raise marker_not_injected(value)
         return 0
-
-    def _check_first(self, ops: tuple[Operation, ...]) -> None:
-        """Check a chain's first operation against what the target's class reveals."""
-        first, target, policy = ops[0], self._target, self._policy
-        if type(first) is CallOp:
-            _check_call(policy, target)
-        elif type(first) is GetOp:
-            # Everything below depends only on the class, the name and the policy, so a
-            # verdict that passed is remembered. Should the class later be changed to hold a
-            # class or module under that name, the runtime checks still refuse it before any
-            # call (and its nested chains) runs.
-            calls = len(ops) > 1 and type(ops[1]) is CallOp
-            verdict = (type(target), first.name, calls, policy.strict)
-            if verdict in _PASSED_FIRST:
-                return
-            if policy.strict or isinstance(target, ModuleType) or type(target) in _INTERNAL_TYPES:
-                _check_get(policy, target, first.name)  # private names: refused by the walk
-            member = _class_member(type(target), first.name)
-            if isinstance(member, staticmethod):
-                member = member.__func__
-            if isinstance(member, ModuleType):
-                raise ChainSecurityError(
-                    f"refused attribute {first.name!r}: it is the module {member.__name__!r},"
-                    " and modules are not reachable through a chain"
-                )
-            if calls:
-                _check_call(policy, member)
-            if len(_PASSED_FIRST) < _PASSED_FIRST_LIMIT:
-                _PASSED_FIRST.add(verdict)
 
     def _refuse_depth(self, depth: int) -> NoReturn:
         raise ChainLimitError(

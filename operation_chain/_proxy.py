@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from types import NoneType
+from typing import TYPE_CHECKING, Any, Final
 
 from ._chain import GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op
 from ._errors import MixedRootsError
@@ -11,6 +12,8 @@ if TYPE_CHECKING:
     from typing import Self
 
 _new = object.__new__
+
+_SCALARS: Final = frozenset({NoneType, bool, int, float, str, bytes})
 
 
 class OperationProxy:
@@ -50,18 +53,28 @@ class OperationProxy:
     def __getattr__(self, name: str) -> Self:
         if name[0] == "_" and name[:2] == "__" and name[-2:] == "__":
             raise AttributeError(name)
-        return self._proxy_derive(GET_OPS[name])
+        # _proxy_derive, inlined: attribute reads are the commonest step.
+        child = _new(type(self))
+        child._proxy_root = self._proxy_root
+        child._proxy_ops = (*self._proxy_ops, GET_OPS[name])
+        child._proxy_chain = None
+        return child
 
     def __getitem__(self, key: Any) -> Self:
-        return self._proxy_derive(ItemOp(self._proxy_argument(key)))
+        if type(key) in _SCALARS or not _has_proxy((key,)):
+            return self._proxy_derive(ItemOp(key))
+        return self._proxy_derive(ItemOp(_Arguments(self._proxy_root).convert(key)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Self:
-        if not args and not kwargs:
+        if kwargs:
+            if _has_proxy(args) or _has_proxy(kwargs.values()):
+                convert = _Arguments(self._proxy_root).convert
+                args = tuple([convert(a) for a in args])
+                kwargs = {k: convert(v) for k, v in kwargs.items()}
+        elif not args:
             return self._proxy_derive(NO_ARGUMENTS)
-        if (args and _has_proxy(args)) or (kwargs and _has_proxy(kwargs.values())):
-            convert = self._proxy_argument
-            args = tuple([convert(a) for a in args])
-            kwargs = {k: convert(v) for k, v in kwargs.items()}
+        elif _has_proxy(args):
+            args = _convert_args(self._proxy_root, args)
         return self._proxy_derive(call_op(args, kwargs))
 
     def __iter__(self) -> Any:
@@ -77,19 +90,27 @@ class OperationProxy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(chain_of(self))!r})"
 
-    def _proxy_argument(self, value: Any) -> Any:
-        """Turn proxies inside an argument into chains, checking they share this root."""
+
+class _Arguments:
+    """One conversion of a call's arguments: proxies inside them become their chains.
+
+    Only containers that hold a proxy are rebuilt. Each is rebuilt once, so a container
+    shared between arguments, or one that contains itself, keeps that shape in the recorded
+    arguments, as the codec and the executor keep it later.
+    """
+
+    __slots__ = ("built", "root")
+
+    def __init__(self, root: OperationProxy) -> None:
+        self.root = root
+        self.built: dict[int, Any] = {}  # id of a rebuilt container -> its copy
+
+    def convert(self, value: Any) -> Any:
         kind = type(value)
-        if kind is list:
-            return [self._proxy_argument(v) for v in value] if _has_proxy(value) else value
-        if kind is tuple:
-            return tuple([self._proxy_argument(v) for v in value]) if _has_proxy(value) else value
-        if kind is dict:
-            if not _has_proxy(value.values()):
-                return value
-            return {k: self._proxy_argument(v) for k, v in value.items()}
+        if kind is list or kind is tuple or kind is dict:
+            return self._container(value, kind)
         if isinstance(value, OperationProxy):
-            if value._proxy_root is not self._proxy_root:
+            if value._proxy_root is not self.root:
                 raise MixedRootsError(
                     f"the proxy {value!r} belongs to another root than the chain it is used in;"
                     " record every part of one chain on the same proxy"
@@ -97,17 +118,60 @@ class OperationProxy:
             return chain_of(value)
         return value
 
+    def _container(self, value: Any, kind: type) -> Any:
+        key = id(value)
+        if key in self.built:
+            return self.built[key]
+        if not _has_proxy(value.values() if kind is dict else value):
+            self.built[key] = value
+            return value
+        convert = self.convert
+        if kind is list:
+            new_list: list[Any] = []
+            self.built[key] = new_list  # before the items, so that a cycle finds the copy
+            new_list.extend([convert(item) for item in value])
+            return new_list
+        if kind is dict:
+            new_dict: dict[Any, Any] = {}
+            self.built[key] = new_dict
+            for name, item in value.items():
+                new_dict[name] = convert(item)
+            return new_dict
+        # A tuple reaches itself only through a list or dict, registered above; if that path
+        # already converted this tuple, keep that copy.
+        return self.built.setdefault(key, tuple([convert(item) for item in value]))
 
-def _has_proxy(values: Any) -> bool:
+
+def _convert_args(root: OperationProxy, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Positional arguments with their proxies turned into chains: ``_Arguments.convert``
+    on each, but quick for proxies passed directly, as pipelined calls are."""
+    arguments: _Arguments | None = None
+    out: list[Any] = []
+    for value in values:
+        if type(value) in _SCALARS:
+            out.append(value)
+        elif isinstance(value, OperationProxy) and value._proxy_root is root:
+            out.append(chain_of(value))
+        else:
+            if arguments is None:
+                arguments = _Arguments(root)
+            out.append(arguments.convert(value))
+    return tuple(out)
+
+
+def _has_proxy(values: Any, seen: set[int] | None = None) -> bool:
+    """Whether a proxy is among ``values`` or inside their lists, tuples and dict values."""
     for v in values:
         kind = type(v)
-        if kind is list or kind is tuple:
-            if _has_proxy(v):
+        if kind is list or kind is tuple or kind is dict:
+            if seen is None:
+                seen = set()
+            elif id(v) in seen:
+                continue  # met before: shared, or a cycle back to a container being searched
+            seen.add(id(v))
+            if _has_proxy(v.values() if kind is dict else v, seen):
                 return True
-        elif kind is dict:
-            if _has_proxy(v.values()):
-                return True
-        elif isinstance(v, OperationProxy):
+        elif kind not in _SCALARS and isinstance(v, OperationProxy):
             return True
     return False
 

@@ -8,6 +8,7 @@ refusal that names no call fails the whole batch.
 
 from __future__ import annotations
 
+from types import NoneType
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,6 +34,8 @@ from ._messages import (
 )
 from ._transports.base import RpcResponse
 
+_JSON_SCALARS = frozenset({str, int, float, bool, NoneType})
+
 _REJECTIONS: dict[str, type[RequestRejectedError]] = {
     UNAUTHENTICATED: AuthenticationError,
     UNKNOWN_BINDING: BindingNotFoundError,
@@ -53,10 +56,13 @@ def settle_results(plan: Plan, response: RpcResponse) -> None:
         if group is None:
             continue
         settled.add(wire_id)
-        try:
-            value = decode(encoded)
-        except Exception as exc:  # e.g. a type this side has not registered
-            value, failed = exc, True
+        if type(encoded) in _JSON_SCALARS:  # the usual result: its own encoding
+            value = encoded
+        else:
+            try:
+                value = decode(encoded)
+            except Exception as exc:  # e.g. a type this side has not registered
+                value, failed = exc, True
         if failed and not isinstance(value, BaseException):
             value = TransportError(f"the server sent a non-exception error: {value!r}")
         for call in group:

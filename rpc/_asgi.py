@@ -155,12 +155,7 @@ async def _serve_websocket(
     await websocket.accept()
     session = Session(server, principal, websocket.send_text, websocket.close)
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            await session.receive(text if text is not None else message.get("bytes") or b"")
+        await session.serve(websocket.receive)
     finally:
         await session.aclose()
 

@@ -9,24 +9,22 @@ own, with the call's value or its error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import uuid
 import weakref
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from operation_chain import Operation, OperationProxy, chain_of
+from operation_chain import OperationProxy, chain_of
 
 from ._answers import settle_error, settle_refusal, settle_results
-from ._batch import PendingCall, plan_batch
+from ._batch import PendingCall, Plan, plan_batch
 from ._errors import ClientClosedError, RpcTimeoutError, TransportError
 from ._host import DownstreamMessage
-from ._transports.base import RpcRequest, Transport
-
-if TYPE_CHECKING:
-    from typing import Self
+from ._transports.base import RpcRequest, RpcResponse, Transport
 
 logger = logging.getLogger("rpc.client")
 
@@ -46,19 +44,15 @@ class RpcProxy(OperationProxy):
 
     __slots__ = ("_rpc_client",)
 
-    _rpc_client: RpcClient
+    _rpc_client: RpcClient  # set on the root proxy only: every step reads it from there
+    _proxy_root: RpcProxy
 
     def __init__(self, client: RpcClient) -> None:
         super().__init__()
         self._rpc_client = client
 
-    def _proxy_derive(self, op: Operation) -> Self:
-        child = super()._proxy_derive(op)
-        child._rpc_client = self._rpc_client
-        return child
-
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._rpc_client._submit(self).__await__()
+        return self._proxy_root._rpc_client._submit(self).__await__()
 
 
 class RpcClient:
@@ -96,8 +90,10 @@ class RpcClient:
         _USERS[transport] = _USERS.get(transport, 0) + 1
         self._on_downstream = on_downstream
         self._proxy = RpcProxy(self)
-        self._queue: list[PendingCall] | None = None  # this tick's calls, until their batch starts
-        self._batches: dict[int, list[PendingCall]] = {}  # every tick's calls, until all settle
+        self._queue: _Batch | None = None  # this tick's batch, until its task starts
+        # Every batch until it is over, oldest (so earliest deadline) first: an ordered set.
+        self._batches: dict[_Batch, None] = {}
+        self._watchdog: asyncio.TimerHandle | None = None  # fires at the earliest deadline
         self._tasks: set[asyncio.Task[Any]] = set()
         self._opened = on_downstream is None
         self._opening: asyncio.Task[None] | None = None
@@ -140,11 +136,15 @@ class RpcClient:
         if self._closed:
             return
         self._closed = True
-        for calls in list(self._batches.values()):
-            for call in calls:
+        batches, self._batches = list(self._batches), {}
+        for batch in batches:
+            batch.stop_waiting()
+            for call in batch.calls:
                 settle_error(
                     call, ClientClosedError("the client was closed before the call was answered")
                 )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -165,13 +165,20 @@ class RpcClient:
         chain = chain_of(proxy)
         if not chain.ops:
             raise TypeError("await a call or attribute of the client proxy, not the proxy itself")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        queue = self._queue
-        if queue is None:  # the first call of this tick starts its batch task
-            queue = self._queue = []
-            self._batches[id(queue)] = queue
-            self._start(self._send_queued(queue))
-        queue.append(PendingCall(chain, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        batch = self._queue
+        if batch is None:  # the first call of this tick starts its batch
+            timeout = self.timeout
+            deadline = None if timeout is None else loop.time() + timeout
+            batch = self._queue = _Batch(timeout, deadline)
+            self._batches[batch] = None
+            batch.task = self._start_batch(self._send_queued(batch))
+            if deadline is not None:
+                watchdog = self._watchdog
+                if watchdog is None or deadline < watchdog.when():  # None: the usual case
+                    self._watch(deadline)
+        batch.calls.append(PendingCall(chain, future))
         return future
 
     def _start(self, coroutine: Any) -> asyncio.Task[Any]:
@@ -180,53 +187,110 @@ class RpcClient:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _send_queued(self, tick: list[PendingCall]) -> None:
+    def _start_batch(self, coroutine: Any) -> asyncio.Task[None]:
+        """A task that sends a batch; unlike ``_start`` it leaves ``_tasks`` itself (in
+        ``_send_queued``), which saves a callback per batch."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        return task
+
+    async def _send_queued(self, batch: _Batch, again: list[PendingCall] | None = None) -> None:
         """The batch task, started on the tick after its first call: send the calls awaited
-        in that tick and settle each. One timer serves them all: they share a deadline."""
-        self._queue = None
-        timer = None
-        if self.timeout is not None:
-            task = cast("asyncio.Task[None]", asyncio.current_task())
-            timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, tick, task)
-        calls = [call for call in tick if not call.future.done()]
+        in that tick (or ``again``, those a partial refusal did not concern)."""
+        if again is None:
+            self._queue = None
+            calls = [call for call in batch.calls if not call.future.done()]
+        else:
+            calls = again
+        if not calls:  # every caller has stopped waiting already
+            self._batches.pop(batch, None)
+            self._tasks.discard(asyncio.current_task())
+            return
         try:
-            if calls:
+            if not self._opened:
                 await self._open()
-            while calls:
-                calls = await self._send(calls)
+            await self._send(batch, calls)
         except Exception as exc:
             for call in calls:
                 settle_error(call, exc)
+            self._batches.pop(batch, None)
         finally:
-            if timer is not None:
-                timer.cancel()
-            del self._batches[id(tick)]
+            self._tasks.discard(asyncio.current_task())
 
-    def _expire(self, tick: list[PendingCall], task: asyncio.Task[None]) -> None:
-        """The calls of ``tick`` are out of time: fail them and stop waiting for the answer."""
-        for call in tick:
-            settle_error(
-                call, RpcTimeoutError(f"`{call.chain}` got no answer within {self.timeout} s")
-            )
-        task.cancel()
-
-    async def _send(self, calls: list[PendingCall]) -> list[PendingCall]:
-        """Send one batch; returns the calls to send again after a partial refusal."""
+    async def _send(self, batch: _Batch, calls: list[PendingCall]) -> None:
+        """Send ``calls`` as one request; ``_answered`` settles them when the answer comes."""
         plan = plan_batch(calls)
         for call, error in plan.failed:
             settle_error(call, error)
         if not plan.waiting:
-            return []
+            self._batches.pop(batch, None)
+            return
         request = RpcRequest(self.binding, self.instance, plan.payload)
-        response = await self._transport.handle_async_request(request)
-        if response.status >= 500:
-            raise TransportError(
-                f"the server failed with status {response.status}: {str(response.payload)[:200]}"
+        # A token for this request: the batch may have sent another (after a partial
+        # refusal) by the time a late answer to this one comes, or the transport returns.
+        token = batch.request = object()
+        on_answer = functools.partial(self._answered, batch, plan, token)
+        stop = await self._transport._start_request(request, on_answer)
+        if batch.request is token:  # not answered yet: the usual case over a WebSocket
+            batch.stop = stop
+
+    def _answered(
+        self, batch: _Batch, plan: Plan, token: object, answer: RpcResponse | Exception
+    ) -> None:
+        """Settle the calls of ``plan`` with the server's answer; send again those that a
+        partial refusal did not concern. Called by the transport, so it must not raise."""
+        if batch.request is not token or batch not in self._batches:
+            return  # nobody waits: the batch timed out, or the client closed
+        batch.request, batch.stop = None, _nothing
+        try:
+            again = _settle(plan, answer)
+        except Exception as exc:  # the request failed, or its answer cannot be read
+            again = []
+            for group in plan.waiting.values():
+                for call in group:
+                    settle_error(call, exc)
+        if again:
+            batch.task = self._start_batch(self._send_queued(batch, again))
+        else:
+            del self._batches[batch]
+
+    # -- timeouts ----------------------------------------------------------------------------
+
+    def _watch(self, deadline: float) -> None:
+        """Run the watchdog at ``deadline`` (instead of any later time it was due).
+
+        One timer per client rather than one per batch: sequential calls would otherwise
+        each schedule and cancel a timer. The watchdog expires the batches past their
+        deadline, then waits for the earliest of the others.
+        """
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        self._watchdog = None
+        now = asyncio.get_running_loop().time()
+        earliest: float | None = None
+        for batch in list(self._batches):
+            deadline = batch.deadline
+            if deadline is None:  # made while the client had no timeout
+                continue
+            if deadline <= now:
+                self._expire(batch)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._watch(earliest)
+
+    def _expire(self, batch: _Batch) -> None:
+        """The calls of ``batch`` are out of time: fail them and stop waiting for the answer."""
+        del self._batches[batch]
+        for call in batch.calls:
+            settle_error(
+                call, RpcTimeoutError(f"`{call.chain}` got no answer within {batch.timeout} s")
             )
-        if response.status == 200:
-            settle_results(plan, response)
-            return []
-        return settle_refusal(plan, response)
+        batch.stop_waiting()
+        batch.task.cancel()
 
     # -- downstream --------------------------------------------------------------------------
 
@@ -260,6 +324,53 @@ class RpcClient:
             logger.exception(
                 "on_downstream raised for a message from %s/%s", message.binding, message.instance
             )
+
+
+def _nothing() -> None:
+    """``_Batch.stop`` when no answer is awaited: nothing to stop."""
+
+
+class _Batch:
+    """The calls awaited in one tick, from the first ``await`` until all have settled.
+
+    Attributes:
+        timeout: the client's timeout when the batch was made.
+        deadline: the loop time when its calls time out; ``None`` without a timeout.
+        calls: the calls, in the order they were awaited.
+        task: the task sending its request (or, after a partial refusal, sending again).
+        request: a token for the request whose answer is awaited, if one is.
+        stop: stops the transport waiting for that answer.
+    """
+
+    __slots__ = ("calls", "deadline", "request", "stop", "task", "timeout")
+
+    task: asyncio.Task[None]  # set as soon as the batch is made: the task needs the batch
+
+    def __init__(self, timeout: float | None, deadline: float | None) -> None:
+        self.timeout = timeout
+        self.deadline = deadline
+        self.calls: list[PendingCall] = []
+        self.request: object | None = None
+        self.stop: Callable[[], None] = _nothing
+
+    def stop_waiting(self) -> None:
+        stop = self.stop
+        self.request, self.stop = None, _nothing
+        stop()
+
+
+def _settle(plan: Plan, answer: RpcResponse | Exception) -> list[PendingCall]:
+    """Settle the calls of ``plan`` with ``answer``; return those to send again."""
+    if isinstance(answer, Exception):
+        raise answer
+    if answer.status >= 500:
+        raise TransportError(
+            f"the server failed with status {answer.status}: {str(answer.payload)[:200]}"
+        )
+    if answer.status == 200:
+        settle_results(plan, answer)
+        return []
+    return settle_refusal(plan, answer)
 
 
 def create_rpc_client(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -27,7 +27,7 @@ from operation_chain import (
     RemoteError,
 )
 
-from ._graph import ValueGraph, has_values
+from ._graph import ValueGraph
 from ._host import ActorHost, DownstreamMessage
 from ._messages import (
     BAD_REFERENCE,
@@ -40,14 +40,15 @@ from ._messages import (
     UNKNOWN_BINDING,
     Batch,
     CallRef,
-    WireCall,
+    WireCallFields,
+    calls_of,
     describe_validation_error,
+    parse_json,
+    read_calls,
     refusal_body,
 )
 
 logger = logging.getLogger("rpc.server")
-
-_NO_MARKERS: Final = frozenset[str]()
 
 
 class Refused(Exception):
@@ -121,10 +122,10 @@ class RpcServer:
         """Answer one batch given as JSON bytes: the status and the JSON answer."""
         try:
             self.check_size(len(body))
-            batch = self.parse_batch(body)
+            calls = self.parse_batch(body)
         except Refused as refusal:
             return refusal.status, orjson.dumps(refusal.body())
-        status, answer = await self.run_batch(binding, instance, batch, principal)
+        status, answer = await self.run_batch(binding, instance, calls, principal)
         return status, orjson.dumps(answer)
 
     def check_size(self, size: int) -> None:
@@ -136,63 +137,81 @@ class RpcServer:
                 " (the policy's max_encoded_size)",
             )
 
-    def parse_batch(self, body: bytes) -> Batch:
-        """Parse and validate a batch envelope."""
+    def parse_batch(self, body: bytes) -> list[WireCallFields]:
+        """Parse and validate a batch envelope; its calls."""
         try:
-            tree = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            tree = parse_json(body)
+        except ValueError as exc:
             raise Refused(MALFORMED_REQUEST, f"the body is not valid JSON: {exc}") from None
+        calls = read_calls(tree)
+        if calls is not None:
+            return calls
         try:
-            return Batch.model_validate(tree)
+            return calls_of(Batch.model_validate(tree))
         except ValidationError as exc:
             raise Refused(
                 MALFORMED_REQUEST, describe_validation_error(exc, "not a valid batch")
             ) from None
 
     async def run_batch(
-        self, binding: str, instance: str, batch: Batch, principal: Any
+        self, binding: str, instance: str, calls: list[WireCallFields], principal: Any
     ) -> tuple[int, dict[str, Any]]:
-        """Validate every call of ``batch``, then run them in order; the status and answer."""
+        """Validate every call of a batch, then run them in order; the status and answer.
+
+        ``calls`` come from ``parse_batch``, ``read_calls`` or ``calls_of``: their chain
+        forms are trees a JSON parser produced.
+        """
         try:
-            calls = self._prepare(binding, batch)
+            prepared = self._prepare(binding, calls)
         except Refused as refusal:
             return refusal.status, refusal.body()
         outcomes: dict[int, tuple[bool, Any]] = {}
         results: list[dict[str, Any]] = []
-        for call in calls:
-            outcome = await self._run(binding, instance, call, outcomes, principal)
-            outcomes[call.id] = outcome
+        for call in prepared:
+            chain = call.chain if call.graph is None else self._substitute(call, outcomes)
+            if chain is None:  # a call it needs failed: so does this one, without running
+                outcome = outcomes[call.id]
+            else:
+                try:
+                    value = await self.host.call(
+                        binding, instance, chain, principal=principal, policy=self.policy
+                    )
+                except Exception as exc:
+                    outcome = outcomes[call.id] = False, exc
+                else:
+                    outcome = outcomes[call.id] = True, value
             if call.reply:
                 results.append(self._encode(call.id, *outcome))
         return 200, {"results": results}
 
-    def _prepare(self, binding: str, batch: Batch) -> list[_Call]:
+    def _prepare(self, binding: str, calls: list[WireCallFields]) -> list[_Call]:
         """Check every call of the batch; refuse the whole batch, naming each bad call."""
         if not self.host.has_binding(binding):
             raise Refused(UNKNOWN_BINDING, f"there are no actors of the binding {binding!r} here")
-        calls: list[_Call] = []
+        prepared: list[_Call] = []
         refusals: list[dict[str, Any]] = []
         earlier: set[int] = set()
-        for wire_call in batch.calls:
+        for wire_id, form, reply in calls:
             try:
-                calls.append(self._prepare_call(wire_call, earlier))
+                prepared.append(self._prepare_call(wire_id, form, reply, earlier))
             except Refused as refusal:
-                refusals.append(
-                    {"id": wire_call.id, "code": refusal.code, "message": refusal.message}
-                )
-            earlier.add(wire_call.id)
+                refusals.append({"id": wire_id, "code": refusal.code, "message": refusal.message})
+            earlier.add(wire_id)
         if refusals:
             first = refusals[0]
             more = f" (and {len(refusals) - 1} more refused calls)" if len(refusals) > 1 else ""
             raise Refused(first["code"], f"call {first['id']}: {first['message']}{more}", refusals)
-        return calls
+        return prepared
 
-    def _prepare_call(self, wire_call: WireCall, earlier: set[int]) -> _Call:
-        if wire_call.id in earlier:
-            raise Refused(MALFORMED_REQUEST, f"the call id {wire_call.id} is used twice")
-        chain = self._chain(wire_call.chain)
-        if not has_values(chain):
-            return _Call(wire_call.id, chain, wire_call.reply, [], None)
+    def _prepare_call(
+        self, wire_id: int, form: dict[str, Any], reply: bool, earlier: set[int]
+    ) -> _Call:
+        if wire_id in earlier:
+            raise Refused(MALFORMED_REQUEST, f"the call id {wire_id} is used twice")
+        made = CallRef.made
+        chain = self._chain(form)
+        if CallRef.made == made:  # decoding it rebuilt no reference: nothing to look for
+            return _Call(wire_id, chain, reply, [], None)
         graph = ValueGraph(chain)
         refs = [leaf for leaf in graph.leaves if type(leaf) is CallRef]
         for ref in refs:
@@ -201,50 +220,44 @@ class RpcServer:
                     BAD_REFERENCE,
                     f"a reference to call {ref.call!r}, which is not an earlier call of this batch",
                 )
-        return _Call(wire_call.id, chain, wire_call.reply, refs, graph if refs else None)
+        return _Call(wire_id, chain, reply, refs, graph if refs else None)
 
     def _chain(self, form: dict[str, Any]) -> OperationChain:
-        """Decode one chain and check it against the policy; nothing runs."""
+        """Decode one chain and check it against the policy; nothing runs.
+
+        The check is noted on the chain (``ExecutionPolicy.precheck``), so the host's
+        execution with the same policy does not walk it again. The chain is this request's
+        own, freshly decoded, and nothing else reaches it before it runs.
+        """
         if "v" not in form:
             raise Refused(INVALID_CHAIN, 'a chain must be in its JSON form, {"v": 1, "ops": [...]}')
         try:
-            chain = OperationChain.model_validate(form)
+            chain = OperationChain.from_parsed_json(form)
             if not chain.ops:
                 raise Refused(INVALID_CHAIN, "a chain must have at least one operation")
-            self.policy.check(chain, injected=_NO_MARKERS)
+            self.policy.precheck(chain)
         except ChainLimitError as exc:
             raise Refused(CHAIN_LIMIT, str(exc)) from None
         except ChainSecurityError as exc:
             raise Refused(CHAIN_REFUSED, str(exc)) from None
-        except (OperationChainError, ValidationError) as exc:
+        except OperationChainError as exc:
             raise Refused(INVALID_CHAIN, str(exc)) from None
         return chain
 
-    async def _run(
-        self,
-        binding: str,
-        instance: str,
-        call: _Call,
-        outcomes: dict[int, tuple[bool, Any]],
-        principal: Any,
-    ) -> tuple[bool, Any]:
-        """Run one call: ``(True, value)`` or ``(False, exception)``."""
-        chain = call.chain
-        if call.graph is not None:
-            values: dict[int, Any] = {}
-            for ref in call.refs:
-                ok, value = outcomes[ref.call]
-                if not ok:  # the call it needs failed: so does this one, without running
-                    return False, value
-                values[id(ref)] = value
-            chain = call.graph.replace(values)
-        try:
-            value = await self.host.call(
-                binding, instance, chain, principal=principal, policy=self.policy
-            )
-        except Exception as exc:
-            return False, exc
-        return True, value
+    def _substitute(
+        self, call: _Call, outcomes: dict[int, tuple[bool, Any]]
+    ) -> OperationChain | None:
+        """``call``'s chain with the results of the calls it refers to; ``None`` (and the
+        failure noted as its outcome) when one of them failed."""
+        assert call.graph is not None
+        values: dict[int, Any] = {}
+        for ref in call.refs:
+            ok, value = outcomes[ref.call]
+            if not ok:
+                outcomes[call.id] = False, value
+                return None
+            values[id(ref)] = value
+        return call.graph.replace(values)
 
     def _encode(self, wire_id: int, ok: bool, value: Any) -> dict[str, Any]:
         if ok:

@@ -44,6 +44,14 @@ class RpcResponse:
     payload: dict[str, Any]
 
 
+AnswerCallback = Callable[[RpcResponse | Exception], None]
+"""Receives the server's answer to a request, or the error that replaced it."""
+
+
+def _nothing() -> None:
+    """A request that is over already needs no stopping."""
+
+
 class Transport(ABC):
     """Carries batches to an RPC server. Subclasses implement ``handle_async_request``.
 
@@ -58,6 +66,25 @@ class Transport(ABC):
             TransportError: the request could not be sent or its answer could not be read
                 (``ConnectionLostError`` when it was sent and the connection then dropped).
         """
+
+    async def _start_request(
+        self, request: RpcRequest, on_answer: AnswerCallback
+    ) -> Callable[[], None]:
+        """Send one batch and call ``on_answer`` once with the answer (or the exception that
+        ``handle_async_request`` would raise); return a function that stops waiting for it.
+
+        What ``RpcClient`` uses. This default returns only once ``on_answer`` has been called;
+        a transport that reads answers in a callback of its own returns once the request is
+        sent and calls ``on_answer`` from there, which spares the client a task switch on
+        every answer. ``on_answer`` must not raise.
+        """
+        try:
+            response = await self.handle_async_request(request)
+        except Exception as exc:
+            on_answer(exc)
+        else:
+            on_answer(response)
+        return _nothing
 
     async def subscribe(self, client_id: str, listener: DownstreamListener) -> Callable[[], None]:
         """Deliver the downstream messages addressed to ``client_id`` to ``listener``.

@@ -156,6 +156,9 @@ def test_chain_equality_compares_operations() -> None:
         (b'{"v": 1, "ops": [{"op": "call", "args": {}}]}', "'args' must be a list"),
         (b'{"v": 1, "ops": [{"op": "call", "kwargs": []}]}', "'kwargs' must be an object"),
         (b'{"v": 1, "ops": [{"op": "call", "self": 1}]}', "takes the keys"),
+        (b'{"v": 1, "ops": [{"op": "call", "args": {}, "kwargs": {}}]}', "'args' must be a list"),
+        (b'{"v": 1, "ops": [{"op": "call", "args": [], "kwargs": []}]}', "'kwargs' must be an"),
+        (b'{"v": 1, "ops": [{"op": "call", "args": [], "x": {}}]}', "takes the keys"),
         (b'{"v": 1, "ops": [{"op": "get", "name": "a"}, 7]}', "ops\\[1\\]"),
         (b"[]", "must be a JSON object"),
     ],
@@ -165,6 +168,30 @@ def test_malformed_chains_raise_chain_validation_errors(data: bytes, message: st
         OperationChain.from_json(data)
     with pytest.raises(ChainValidationError, match=message):
         OperationChain.model_validate_json(data)
+    with pytest.raises(ChainValidationError, match=message):
+        OperationChain.from_parsed_json(orjson.loads(data))
+
+
+@settings(max_examples=150)
+@given(chains())
+def test_from_parsed_json_reads_what_model_validate_reads(chain: OperationChain) -> None:
+    tree = orjson.loads(chain.to_json())
+    assert equivalent(OperationChain.from_parsed_json(tree), chain)
+    assert equivalent(OperationChain.model_validate(tree), chain)
+
+
+def test_a_chain_field_read_from_json_is_not_scanned_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operation_chain import _codec
+
+    def refuse(*args: Any) -> bool:
+        raise AssertionError("scanned")
+
+    class Holder(BaseModel):
+        chain: OperationChain
+
+    monkeypatch.setattr(_codec, "scan", refuse)
+    holder = Holder.model_validate_json(b'{"chain": {"v": 1, "ops": [{"op": "get", "name": "a"}]}}')
+    assert holder.chain.ops == (GetOp("a"),)
 
 
 def test_a_nested_chain_error_names_its_place() -> None:

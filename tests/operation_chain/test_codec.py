@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -528,6 +528,54 @@ def test_a_chain_inside_a_value_roundtrips() -> None:
     back = roundtrip({"then": chain})
     assert back["then"] == chain
     assert str(back["then"]) == "get('a').upper()"
+
+
+scalar_arguments = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=4),
+    st.binary(max_size=4),
+)
+
+
+@st.composite
+def scalar_chains(draw: st.DrawFn) -> OperationChain:
+    """Chains of reads, subscripts and calls whose arguments are scalars, nested or not."""
+    p = OperationProxy()
+    node: Any = p.start
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["get", "item", "call", "nested"]))
+        if kind == "get":
+            node = node.next
+        elif kind == "item":
+            node = node[draw(scalar_arguments)]
+        elif kind == "call":
+            args = draw(st.lists(scalar_arguments, max_size=3))
+            node = node(*args, **draw(st.dictionaries(st.sampled_from("abc"), scalar_arguments)))
+        else:
+            node = node(p.inner(draw(scalar_arguments)), draw(scalar_arguments))
+    return chain_of(node)
+
+
+@given(st.one_of(values(), scalar_chains()))
+@example(chain_of(OperationProxy().f(float("inf"), 2**64, "é", b"x", k=math.nan)))
+@example(chain_of(OperationProxy()[math.nan]))
+@example(7)
+@example(-(2**70))
+@example("abc")
+@example("é")
+@example(None)
+@example(True)
+@example(1.5)
+def test_the_encoding_shortcuts_write_what_the_full_walk_writes(value: Any) -> None:
+    from operation_chain._codec import SAFE_CODEC, encode_chain
+    from operation_chain._encode import Encoder
+
+    assert encode(value) == SAFE_CODEC._run(value, Encoder.enc)
+    if isinstance(value, OperationChain):
+        assert encode_chain(value)["ops"] == SAFE_CODEC._run(value, Encoder.ops)
 
 
 def test_a_proxy_inside_a_set_is_refused_with_advice() -> None:

@@ -518,6 +518,17 @@ async def test_async_nested_chain_shared_twice_runs_once() -> None:
     assert target.log == ["later_child-ran", "make_list", "pair"]
 
 
+async def test_async_chains_passed_directly_run_once_in_argument_order() -> None:
+    p = OperationProxy()
+    target = Recorder()
+    x = p.name("x")
+    stamp = object()  # neither a scalar, nor a container, nor a chain: passed as it is
+    chain = chain_of(p.echo(x, p.name("y"), x, stamp, k=p.name("z"), again=x))
+    result = await execute_operation_chain_async(target, chain)
+    assert result == (("x", "y", "x", stamp), {"k": "z", "again": "x"})
+    assert target.log == ["name:x", "name:y", "name:z", "echo"]
+
+
 async def test_async_markers_and_item_keys_are_resolved() -> None:
     chain = build(GetOp("data"), ItemOp(build(GetOp("later"), CallOp((RESULT,)))))
     assert await execute_operation_chain_async(Recorder(), chain, inject={"result": "a"}) == 1

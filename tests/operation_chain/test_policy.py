@@ -746,3 +746,133 @@ def test_the_first_member_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -
 
     assert execute_operation_chain(Fresh(), chain_of(OperationProxy().ping())) == "pong"
     assert before == _policy._PASSED_FIRST
+
+
+# -- precheck ----------------------------------------------------------------------------------
+
+
+class Walks:
+    """Counts the full static walks made while it is installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from operation_chain import _policy
+
+        self.count = 0
+        original = _policy._StaticCheck
+        counter = self
+
+        class Counting(original):  # type: ignore[misc,valid-type]
+            __slots__ = ()
+
+            def run(self, chain: OperationChain) -> None:
+                counter.count += 1
+                super().run(chain)
+
+        monkeypatch.setattr(_policy, "_StaticCheck", Counting)
+
+
+class Pipeline:
+    def ping(self) -> int:
+        return 1
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+def pipelined() -> OperationChain:
+    p = OperationProxy()
+    value = p.ping()
+    for _ in range(3):
+        value = p.add(value, 1)
+    return chain_of(value)
+
+
+def test_a_prechecked_chain_is_not_walked_again_when_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chain = pipelined()
+    DEFAULT_POLICY.precheck(chain)
+    walks = Walks(monkeypatch)
+    assert execute_operation_chain(Pipeline(), chain) == 4
+    DEFAULT_POLICY.check(chain)
+    DEFAULT_POLICY.check(chain, injected={"result"})
+    assert walks.count == 0
+
+
+@pytest.mark.parametrize(
+    ("chain", "error"),
+    [
+        (chain_of(OperationProxy()._secret()), ChainSecurityError),
+        (flat(51), ChainLimitError),
+        (chain_of(nested(9)), ChainLimitError),
+        (chain_of(OperationProxy().f(RESULT)), MarkerNotInjectedError),
+        (build(GetOp("a"), "not an op"), ChainValidationError),
+    ],
+)
+def test_precheck_refuses_what_check_refuses_and_notes_nothing(
+    chain: OperationChain, error: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(error):
+        DEFAULT_POLICY.precheck(chain)
+    walks = Walks(monkeypatch)
+    with pytest.raises(error):
+        DEFAULT_POLICY.check(chain, injected=frozenset())
+    assert walks.count == 1
+
+
+def test_a_prechecked_chain_still_meets_the_checks_that_need_the_target() -> None:
+    p = OperationProxy()
+    for chain, message in [
+        (chain_of(p.Nested()), "class 'Nested'"),
+        (chain_of(p.method(p.Nested())), "class 'Nested'"),
+        (chain_of(p.method(p.os_module)), "module 'os'"),
+    ]:
+        DEFAULT_POLICY.precheck(chain)
+        with pytest.raises(ChainSecurityError, match=message):
+            DEFAULT_POLICY.check(chain, Target())
+    called = chain_of(p(p.method()))
+    DEFAULT_POLICY.precheck(called)
+    with pytest.raises(ChainSecurityError, match="class 'Target'"):
+        DEFAULT_POLICY.check(called, Target)
+    subscripted = chain_of(p[0])
+    DEFAULT_POLICY.precheck(subscripted)
+    DEFAULT_POLICY.check(subscripted, [1])
+    hidden = chain_of(p.hidden())
+    STRICT.precheck(hidden)  # exposure needs the target's class
+    with pytest.raises(ChainSecurityError, match="@expose"):
+        STRICT.check(hidden, Exposed())
+
+
+def test_the_note_holds_for_its_own_policy_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = pipelined()
+    DEFAULT_POLICY.precheck(chain)
+    stricter = ExecutionPolicy(max_operations=3)
+    with pytest.raises(ChainLimitError):
+        stricter.check(chain)
+    walks = Walks(monkeypatch)
+    ExecutionPolicy().check(chain)  # equal to the default, but another policy
+    assert walks.count == 1
+
+
+def test_the_note_holds_for_the_operations_it_saw_only() -> None:
+    import copy
+
+    chain = chain_of(OperationProxy().ping())
+    DEFAULT_POLICY.precheck(chain)
+    changed = copy.copy(chain)  # the copy shares the note (and the operations)
+    object.__setattr__(changed, "__dict__", {"ops": (GetOp("_secret"), CallOp())})
+    with pytest.raises(ChainSecurityError, match="private"):
+        DEFAULT_POLICY.check(changed)
+
+
+def test_the_note_covers_the_markers_it_allowed_and_no_others() -> None:
+    chain = chain_of(OperationProxy().handle(RESULT))
+    DEFAULT_POLICY.precheck(chain, injected={"result"})
+    DEFAULT_POLICY.check(chain, injected={"result", "error"})
+    with pytest.raises(MarkerNotInjectedError):
+        DEFAULT_POLICY.check(chain, injected={"error"})
+
+
+def test_precheck_takes_only_a_chain() -> None:
+    with pytest.raises(TypeError, match="takes an OperationChain"):
+        DEFAULT_POLICY.precheck("p.a()")  # type: ignore[arg-type]

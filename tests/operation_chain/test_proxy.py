@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -174,3 +175,61 @@ def test_markers_are_singletons_that_survive_pickling() -> None:
     assert pickle.loads(pickle.dumps(ERROR)) is ERROR
     with pytest.raises(ValueError, match="unknown marker"):
         Marker("later")  # type: ignore[arg-type]
+
+
+def test_a_list_or_dict_that_contains_itself_is_recorded_as_the_same_object() -> None:
+    p = OperationProxy()
+    items: list[Any] = [1]
+    items.append(items)
+    table: dict[str, Any] = {}
+    table["self"] = table
+    call = chain_of(p.f(items, k=table)).ops[1]
+    assert isinstance(call, CallOp)
+    assert call.args[0] is items
+    assert call.kwargs["k"] is table
+    assert chain_of(p[items]).ops[0] == ItemOp(items)
+
+
+def test_a_container_holding_a_proxy_and_itself_keeps_its_cycle() -> None:
+    p = OperationProxy()
+    items: list[Any] = [p.a]
+    holder = (items,)
+    items.append(items)
+    items.append(holder)
+    call = chain_of(p.f(items, holder)).ops[1]
+    assert isinstance(call, CallOp)
+    copied, copied_holder = call.args
+    assert copied is not items  # rebuilt, since it held a proxy
+    assert copied[0] == chain_of(p.a)
+    assert copied[1] is copied
+    assert copied[2] is copied_holder
+    assert copied_holder[0] is copied
+
+
+def test_a_container_holding_a_proxy_and_shared_by_two_arguments_stays_shared() -> None:
+    p = OperationProxy()
+    shared = {"k": [p.a]}
+    call = chain_of(p.f(shared, [shared], k=shared)).ops[1]
+    assert isinstance(call, CallOp)
+    first, wrapped = call.args
+    assert first is not shared
+    assert wrapped[0] is first
+    assert call.kwargs["k"] is first
+
+
+def test_a_self_containing_argument_survives_the_codec_and_the_executor() -> None:
+    from operation_chain import decode, encode, execute_operation_chain
+
+    class Target:
+        a = "A"
+
+        def f(self, value: Any) -> Any:
+            return value
+
+    p = OperationProxy()
+    items: list[Any] = [p.a]
+    items.append(items)
+    chain = decode(encode(chain_of(p.f(items))))
+    result = execute_operation_chain(Target(), chain)
+    assert result[0] == "A"
+    assert result[1] is result

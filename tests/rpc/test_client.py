@@ -300,6 +300,83 @@ async def test_a_batch_whose_calls_all_timed_out_stops_waiting_on_the_transport(
         await transport.cancelled.wait()
 
 
+async def test_batches_in_flight_each_time_out_at_their_own_deadline(host: FakeHost) -> None:
+    client = create_test_client(host, "counter", "a", timeout=30)
+    async with client as counter:
+        patient = asyncio.ensure_future(counter.slow("patient"))
+        await asyncio.sleep(0)  # its batch is made, with a 30 s deadline
+        later = asyncio.ensure_future(counter.slow("later"))
+        await asyncio.sleep(0)  # and this one's, a little later
+        client.timeout = 0.01  # a batch made now has the earlier deadline
+        hasty = asyncio.ensure_future(counter.slow("hasty"))
+        await asyncio.sleep(0)
+        client.timeout = None  # and one made now has none
+        unhurried = asyncio.ensure_future(counter.slow("unhurried"))
+        with pytest.raises(RpcTimeoutError, match=r"within 0\.01 s"):
+            await hasty
+        assert not patient.done()  # the watchdog waits on for the patient one
+        actor(host).gate.set()
+        assert await patient == "patient"
+        assert await later == "later"
+        assert await unhurried == "unhurried"
+
+
+class LateTransport(Transport):
+    """Keeps the answer callback of each request for the test to call when it likes."""
+
+    def __init__(self) -> None:
+        self.answers: list[Callable[[RpcResponse | Exception], None]] = []
+        self.stopped = 0
+
+    async def handle_async_request(self, request: RpcRequest) -> RpcResponse:
+        raise AssertionError("the client starts requests with _start_request")
+
+    async def _start_request(
+        self, request: RpcRequest, on_answer: Callable[[RpcResponse | Exception], None]
+    ) -> Callable[[], None]:
+        self.answers.append(on_answer)
+
+        def stop() -> None:
+            self.stopped += 1
+
+        return stop
+
+
+async def test_an_answer_that_comes_after_the_timeout_is_ignored() -> None:
+    transport = LateTransport()
+    async with create_rpc_client("c", "a", transport=transport, timeout=0.01) as remote:
+        with pytest.raises(RpcTimeoutError):
+            await remote.anything()
+        assert transport.stopped == 1  # the transport was told to stop waiting
+        (answer,) = transport.answers
+        answer(RpcResponse(200, {"results": [{"id": 0, "ok": 1}]}))  # nothing happens
+        answer(TransportError("the connection dropped"))
+
+
+async def test_an_answer_for_calls_sent_again_settles_them() -> None:
+    transport = LateTransport()
+    refusal = {
+        "error": {
+            "code": "chain_refused",
+            "message": "no",
+            "calls": [{"id": 0, "code": "chain_refused", "message": "no"}],
+        }
+    }
+    async with create_rpc_client("c", "a", transport=transport) as remote:
+        first, second = remote.refused(), remote.fine()
+        both = asyncio.gather(first, second, return_exceptions=True)
+        while not transport.answers:
+            await asyncio.sleep(0)
+        transport.answers[0](RpcResponse(403, refusal))
+        while len(transport.answers) < 2:  # the fine call goes again, on its own
+            await asyncio.sleep(0)
+        transport.answers[0](RpcResponse(200, {"results": [{"id": 0, "ok": "stale"}]}))
+        transport.answers[1](RpcResponse(200, {"results": [{"id": 0, "ok": "fine"}]}))
+        refused, fine = await both
+    assert isinstance(refused, ChainRefusedError)
+    assert fine == "fine"
+
+
 async def test_no_timeout_means_none(host: FakeHost) -> None:
     async with create_test_client(host, "counter", "a", timeout=None) as counter:
         assert await counter.increment() == 1

@@ -297,3 +297,11 @@ def test_a_payload_the_codec_cannot_encode_is_dropped_and_logged(
     assert one.frames == []
     assert "payload cannot be encoded" in caplog.text
     assert DownstreamMessage("b", "i", ("a",), 1).client_ids == ("a",)
+
+
+async def test_an_integer_past_64_bits_in_a_request_stays_an_integer(server: RpcServer) -> None:
+    form = chain_form(chain_of(p.echo(0)))
+    raw = orjson.dumps(batch({"id": 0, "chain": form})).replace(b"[0]", b"[18446744073709551617]")
+    status, answer = await post(server, raw)
+    assert status == 200
+    assert decode(answer["results"][0]["ok"]) == (2**64 + 1,)

@@ -16,6 +16,7 @@ from rpc._batch import chain_form
 from rpc._server import RpcServer
 from rpc._session import Session
 
+from .conftest import actor
 from .host import Counter, FakeHost
 
 p = OperationProxy()
@@ -225,4 +226,176 @@ async def test_frames_queued_together_leave_in_order(server: RpcServer, host: Fa
     while connection._tasks:
         await asyncio.sleep(0)
     assert sent == [None, 0, 1, 2, 3, 4]  # the subscription's reply first, then in order
+    await connection.aclose()
+
+
+# -- serving a connection: the reading task hands over to the next -----------------------------
+
+
+class Socket:
+    """The ASGI side of a connection: ``receive`` returns the queued messages, then waits."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+
+    def frame(self, data: bytes, *, text: bool = False) -> None:
+        message: dict[str, Any] = {"type": "websocket.receive"}
+        message["text" if text else "bytes"] = data.decode() if text else data
+        self.messages.put_nowait(message)
+
+    def disconnect(self) -> None:
+        self.messages.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self.messages.get()
+        if isinstance(message, Exception):
+            raise message
+        return message
+
+
+async def test_serve_answers_frames_until_the_client_disconnects(server: RpcServer) -> None:
+    peer, socket = Peer(), Socket()
+    connection = Session(server, "ada", peer.send, peer.close)
+    socket.frame(call_frame(p.whoami(), 1), text=True)
+    socket.frame(b'{"type": "subscribe", "id": 2, "client_id": "tab"}')
+    socket.frame(call_frame(p.increment(), 3))
+    socket.disconnect()
+    await asyncio.wait_for(connection.serve(socket.receive), 5)
+    replies = [await peer.next() for _ in range(3)]
+    assert [(reply["id"], reply["status"]) for reply in replies] == [(1, 200), (2, 200), (3, 200)]
+    assert replies[0]["body"] == {"results": [{"id": 0, "ok": "ada"}]}
+    await connection.aclose()
+
+
+async def test_a_slow_call_does_not_stop_the_reading(server: RpcServer, host: FakeHost) -> None:
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    serving = asyncio.ensure_future(connection.serve(socket.receive))
+    socket.frame(call_frame(p.slow("late"), 1))
+    other = orjson.loads(call_frame(p.increment(), 2))
+    other["instance"] = "b"  # another actor: the slow one holds its own turn
+    socket.frame(orjson.dumps(other))
+    assert (await peer.next())["id"] == 2
+    actor(host).gate.set()
+    assert (await peer.next())["body"] == {"results": [{"id": 0, "ok": "late"}]}
+    socket.disconnect()
+    await asyncio.wait_for(serving, 5)
+    await connection.aclose()
+
+
+async def test_a_failing_receive_ends_serve_with_its_error(server: RpcServer) -> None:
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    socket.frame(call_frame(p.increment(), 1))
+    socket.messages.put_nowait(RuntimeError("the socket broke"))
+    with pytest.raises(RuntimeError, match="the socket broke"):
+        await asyncio.wait_for(connection.serve(socket.receive), 5)
+    await connection.aclose()
+
+
+async def test_no_reader_starts_once_the_session_is_closing(server: RpcServer) -> None:
+    connection = Session(server, None, Peer().send, Peer().close)
+    await connection.aclose()
+    connection._read_on()
+    assert not connection._tasks
+
+
+@pytest.mark.parametrize("serving", [False, True], ids=["receive", "serve"])
+async def test_call_frames_wait_while_too_many_batches_run(
+    server: RpcServer, host: FakeHost, monkeypatch: pytest.MonkeyPatch, serving: bool
+) -> None:
+    monkeypatch.setattr(_session, "MAX_CONCURRENT_BATCHES", 1)
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    other = orjson.loads(call_frame(p.increment(), 2))
+    other["instance"] = "b"  # another actor: only the slot holds it back
+    if serving:
+        task = asyncio.ensure_future(connection.serve(socket.receive))
+        socket.frame(call_frame(p.slow("first"), 1))
+        socket.frame(orjson.dumps(other))
+    else:
+        await connection.receive(call_frame(p.slow("first"), 1))
+        task = asyncio.ensure_future(connection.receive(orjson.dumps(other)))
+    while not host.chains:
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert host.chains == ["slow('first')"]  # the second waits for the slot
+    actor(host).gate.set()
+    assert [(await peer.next())["id"] for _ in range(2)] == [1, 2]
+    if serving:
+        socket.disconnect()
+    await asyncio.wait_for(task, 5)
+    await connection.aclose()
+
+
+async def test_a_reply_that_cannot_be_sent_stops_the_writing(
+    server: RpcServer, host: FakeHost
+) -> None:
+    peer = Peer()
+    connection = Session(server, None, peer.send, peer.close)
+    await connection.receive(b'{"type": "subscribe", "id": 1, "client_id": "tab"}')
+    await peer.next()
+    peer.fail = True
+    await connection.receive(call_frame(p.increment(), 2))
+    while connection._tasks:
+        await asyncio.sleep(0)
+    host.send_downstream("counter", "a", ("tab",), "lost")
+    assert not connection._tasks  # nothing more is attempted
+    assert peer.sent.empty()
+    await connection.aclose()
+
+
+async def test_frames_queued_while_a_reply_is_sent_follow_it(
+    server: RpcServer, host: FakeHost
+) -> None:
+    sent: list[Any] = []
+    release = asyncio.Event()
+
+    async def slow_send(text: str) -> None:
+        frame = orjson.loads(text)
+        if frame.get("id") == 2:
+            await release.wait()  # the reply is on its way out when the message comes
+        sent.append(frame.get("payload", frame.get("id")))
+
+    connection = Session(server, None, slow_send, Peer().close)
+    await connection.receive(b'{"type": "subscribe", "id": 1, "client_id": "tab"}')
+    await connection.receive(call_frame(p.increment(), 2))
+    while len(sent) < 1 or not host.chains:
+        await asyncio.sleep(0)
+    host.send_downstream("counter", "a", ("tab",), "after")
+    release.set()
+    while connection._tasks:
+        await asyncio.sleep(0)
+    assert sent == [1, 2, "after"]
+    await connection.aclose()
+
+
+async def test_a_call_frame_in_a_form_the_quick_reader_declines_is_still_answered(
+    session: tuple[Session, Peer],
+) -> None:
+    connection, peer = session
+    frame = orjson.loads(call_frame(p.increment(), 4))
+    frame["batch"]["v"] = 1.0  # pydantic's Literal[1] accepts it; the quick reader does not
+    await connection.receive(orjson.dumps(frame))
+    assert (await peer.next())["body"] == {"results": [{"id": 0, "ok": 1}]}
+
+
+@pytest.mark.parametrize("end", ["disconnect", "error"])
+async def test_a_reader_outliving_a_cancelled_serve_ends_quietly(
+    server: RpcServer, end: str
+) -> None:
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    serving = asyncio.ensure_future(connection.serve(socket.receive))
+    await asyncio.sleep(0)
+    serving.cancel()  # and no aclose(): the reader is still waiting for a frame
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    if end == "disconnect":
+        socket.disconnect()
+    else:
+        socket.messages.put_nowait(RuntimeError("the socket broke"))
+    while connection._tasks:
+        await asyncio.sleep(0)
     await connection.aclose()

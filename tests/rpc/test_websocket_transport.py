@@ -21,10 +21,11 @@ from rpc import (
     ConnectionLostError,
     DownstreamMessage,
     RpcRequest,
+    RpcResponse,
     TransportError,
     WebSocketTransport,
 )
-from rpc._transports.websocket import _read_reply
+from rpc._transports.websocket import _Connection, _deliver, _read_reply
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 REQUEST = RpcRequest("counter", "a", {"v": 1, "calls": []})
@@ -79,6 +80,14 @@ async def test_odd_frames_from_the_server_are_ignored_or_logged(
         raise RuntimeError("listener bug")
 
     transport = WebSocketTransport(await scripted(handler))
+    closed = asyncio.Event()
+    lost = transport._lost
+
+    def note_lost(conn: Any) -> None:  # the transport reconnects at once: catch the moment
+        lost(conn)
+        closed.set()
+
+    transport._lost = note_lost  # type: ignore[method-assign]
     await transport.subscribe("c", received.append)
     await transport.subscribe("c", fragile)
     with caplog.at_level(logging.INFO, logger="rpc.client"):
@@ -90,8 +99,7 @@ async def test_odd_frames_from_the_server_are_ignored_or_logged(
     assert "refused a frame" in logged
     assert "could not be decoded" in logged
     assert "a downstream listener raised" in logged
-    while transport._conn is not None:  # the server closed the connection normally
-        await asyncio.sleep(0.001)
+    await closed.wait()  # the server closed the connection normally
     await transport.aclose()
 
 
@@ -261,3 +269,98 @@ def test_a_reply_is_read_with_its_id_status_and_body() -> None:
         400,
         {},
     )
+
+
+async def test_a_reply_sent_in_fragments_is_put_together(
+    scripted: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            text = reply(orjson.loads(message), {"results": ["in", "parts"]})
+            await ws.send([text[:10], text[10:20], text[20:]])  # one message, three frames
+
+    transport = WebSocketTransport(await scripted(handler))
+    response = await transport.handle_async_request(REQUEST)
+    assert response.payload == {"results": ["in", "parts"]}
+    await transport.aclose()
+
+
+async def test_a_failure_handling_a_frame_is_logged_and_the_connection_stays(
+    scripted: Callable[[Handler], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            frame = orjson.loads(message)
+            await ws.send(reply(frame, {"results": [frame["batch"]["calls"]]}))
+
+    transport = WebSocketTransport(await scripted(handler))
+    await transport.handle_async_request(REQUEST)
+    conn = transport._conn
+    assert isinstance(conn, _Connection)
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("handler bug")
+
+    conn.on_message = broken
+    with caplog.at_level(logging.ERROR, logger="rpc.client"), pytest.raises(TimeoutError):
+        await asyncio.wait_for(transport.handle_async_request(REQUEST), 0.1)
+    assert "handling a message from the server failed" in caplog.text
+    conn.on_message = transport._dispatch
+    assert (await transport.handle_async_request(REQUEST)).status == 200
+    assert transport._conn is conn
+    await transport.aclose()
+
+
+def test_an_answer_callback_that_raises_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(answer: object) -> None:
+        raise RuntimeError("client bug")
+
+    with caplog.at_level(logging.ERROR, logger="rpc.client"):
+        _deliver(broken, RpcResponse(200, {}))
+    assert "handling the answer to a request failed" in caplog.text
+
+
+class StuckConnection:
+    """A connection whose send never finishes."""
+
+    close_code = None
+
+    async def send(self, message: bytes) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_request_cancelled_while_it_is_sent_leaves_nothing_pending() -> None:
+    transport = WebSocketTransport("ws://127.0.0.1:9/rpc")
+    transport._conn = StuckConnection()  # type: ignore[assignment]
+    request = asyncio.ensure_future(transport.handle_async_request(REQUEST))
+    while not transport._pending:
+        await asyncio.sleep(0)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert transport._pending == {}
+    assert transport._sending == set()
+
+
+class DroppedWhileSending:
+    """A connection that drops while the frame is being sent, after it left."""
+
+    close_code = 1006
+    close_reason = ""
+
+    def __init__(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+
+    async def send(self, message: bytes) -> None:
+        self.transport._lost(self)  # type: ignore[arg-type]
+
+
+async def test_a_connection_lost_just_after_sending_fails_the_request_once() -> None:
+    transport = WebSocketTransport("ws://127.0.0.1:9/rpc")
+    transport._conn = DroppedWhileSending(transport)  # type: ignore[assignment]
+    answers: list[object] = []
+    stop = await transport._start_request(REQUEST, answers.append)
+    (answer,) = answers
+    assert isinstance(answer, ConnectionLostError)
+    assert transport._pending == {}
+    stop()  # nothing left to stop
