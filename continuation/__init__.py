@@ -38,11 +38,14 @@ from ._errors import (
     SystemClosedError,
     UnknownActorError,
 )
+from ._fetch import FetchError, FetchRequest, FetchResponse
 from ._options import AlarmOptions, RetryPolicy
 from ._records import AlarmInfo, AuditEvent, ContinuationInfo, ContinuationStatus
 from ._ref import ActorRef
 from ._storage import ActorStorage
+from ._strategy_options import ProxyFetchOptions, RemoteCallOptions, SignalOptions
 from ._system import ActorSystem
+from .bouncer import BouncerTimer
 
 __all__ = [
     "Actor",
@@ -52,6 +55,7 @@ __all__ = [
     "AlarmInfo",
     "AlarmOptions",
     "AuditEvent",
+    "BouncerTimer",
     "Clock",
     "CommitError",
     "Continuation",
@@ -63,11 +67,17 @@ __all__ = [
     "ContinuationOptionsError",
     "ContinuationStateError",
     "ContinuationStatus",
+    "FetchError",
+    "FetchRequest",
+    "FetchResponse",
     "InvalidArgumentError",
     "ManualClock",
     "OutsideTurnError",
+    "ProxyFetchOptions",
+    "RemoteCallOptions",
     "RetryPolicy",
     "SchemaVersionError",
+    "SignalOptions",
     "StoreError",
     "SystemClock",
     "SystemClosedError",

@@ -11,6 +11,7 @@ from rpc._host import DownstreamMessage
 from ._errors import OutsideTurnError
 from ._scheduling import schedule
 from ._storage import ActorStorage
+from ._turn import signal_send
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -104,6 +105,19 @@ class Actor:
         if not isinstance(continuation_id, str):
             raise TypeError(f"continuation ids are str, not {type(continuation_id).__name__}")
         self._turn().cancels.append(continuation_id)
+
+    def signal(self, binding: str, instance: str, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` to an actor of this system when this turn commits: the
+        oldest of its continuations waiting for that name receives ``payload`` at
+        ``c.result``; with none waiting, the signal is kept for the next one that waits.
+
+        Raises:
+            InvalidArgumentError: an empty name, or one over 200 characters.
+        """
+        if not isinstance(binding, str) or not isinstance(instance, str):
+            raise TypeError("binding and instance must be str")
+        slot = self._actor_slot
+        self._turn().signals.append(signal_send(slot.runtime, binding, instance, name, payload))
 
     def send_downstream(self, client_ids: str | Iterable[str], payload: Any) -> None:
         """Send ``payload`` to connected clients once this turn commits.

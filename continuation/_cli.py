@@ -36,6 +36,7 @@ from ._clock import ManualClock
 from ._errors import ContinuationError
 from ._records import ContinuationInfo, ContinuationStatus
 from ._system import ActorSystem
+from .bouncer._command import add_bouncer_arguments, run_bouncer
 
 PROG: Final = "python -m continuation"
 _TRUNCATE_AT: Final = 48
@@ -364,5 +365,11 @@ COMMANDS: Final[tuple[Command, ...]] = (
         "serve an ActorSystem over HTTP and WebSocket RPC, with its scheduler running",
         _add_serve_arguments,
         _serve,
+    ),
+    Command(
+        "bouncer",
+        "run the bouncer: waits on behalf of hosts that cannot keep a timer, then calls back",
+        add_bouncer_arguments,
+        run_bouncer,
     ),
 )

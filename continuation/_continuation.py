@@ -65,7 +65,9 @@ def continuation_class(proxy: Continuation) -> type:
     return root._continuation_class
 
 
-def check_handler_chain(cls: type, chain: OperationChain, *, role: str) -> None:
+def check_handler_chain(
+    cls: type, chain: OperationChain, *, role: str, synchronous: bool = True
+) -> None:
     """Check that ``chain`` starts with a call of a public synchronous method of ``cls`` whose
     signature accepts the recorded arguments; nested chains are checked the same way.
 
@@ -78,18 +80,20 @@ def check_handler_chain(cls: type, chain: OperationChain, *, role: str) -> None:
             f"the {role} {str(chain)!r} must start with a method call, like c.handle(c.result)"
         )
     name, call = ops[0].name, ops[1]
-    signature, takes_self = _handler_signature(cls, name)
+    signature, takes_self = _handler_signature(cls, name, synchronous)
     bound_args: tuple[Any, ...] = (None, *call.args) if takes_self else call.args
     try:
         signature.bind(*bound_args, **call.kwargs)
     except TypeError as exc:
         raise ContinuationChainError(f"{cls.__name__}.{chain!s}: {exc}") from None
     for nested in _nested_chains(ops):
-        check_handler_chain(cls, nested, role=role)
+        check_handler_chain(cls, nested, role=role, synchronous=synchronous)
 
 
 @functools.lru_cache(maxsize=1024)
-def _handler_signature(cls: type, name: str) -> tuple[inspect.Signature, bool]:
+def _handler_signature(
+    cls: type, name: str, synchronous: bool = True
+) -> tuple[inspect.Signature, bool]:
     """The signature of the handler ``cls.name`` and whether it takes ``self``; raises if it
     cannot be a handler. Cached: every ``continue_`` checks its chain, and most of the cost
     of the check is here, while the answer depends on the class alone."""
@@ -100,7 +104,9 @@ def _handler_signature(cls: type, name: str) -> tuple[inspect.Signature, bool]:
     function = member.__func__ if isinstance(member, staticmethod | classmethod) else member
     if not inspect.isfunction(function):
         raise ContinuationChainError(f"{where} is not a method of {cls.__name__}")
-    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+    if inspect.isasyncgenfunction(function) or (
+        synchronous and inspect.iscoroutinefunction(function)
+    ):
         raise ContinuationChainError(
             f"{where} is async; handlers run as synchronous turns so that all their writes "
             "commit together. Make it a plain def, and hand slow work to a strategy that "

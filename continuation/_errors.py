@@ -13,7 +13,8 @@ ContinuationError
 ├── CommitError                           a turn's effects could not be committed
 ├── StoreError                            the database failed (wraps aiosqlite errors)
 │   └── SchemaVersionError                the database was written by a newer version
-└── SystemClosedError                     the ActorSystem is closed or not started
+├── SystemClosedError                     the ActorSystem is closed or not started
+└── FetchError                            a proxy-fetch got no final response (in _fetch)
 ```
 
 Exceptions raised by actor code are never wrapped: a call's caller sees them as raised.

@@ -143,11 +143,13 @@ def parse_options(strategy: object, options: dict[str, Any]) -> StrategyOptions:
     if model is None:
         known = ", ".join(sorted(STRATEGIES))
         raise ContinuationOptionsError(f"unknown strategy {strategy!r}; available: {known}")
-    try:
-        key = tuple(sorted(options.items()))
-        hash(key)
-    except TypeError:
-        key = None
+    key = None
+    if model is AlarmOptions:  # others hold objects (calls, requests) not worth caching
+        try:
+            key = tuple(sorted(options.items()))
+            hash(key)
+        except TypeError:
+            key = None
     try:
         return _parse_cached(model, key) if key is not None else model(**options)
     except ValidationError as exc:

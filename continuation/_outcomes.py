@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from ._options import RetryPolicy, next_cron_time
 from ._records import ContinuationStatus
 from ._store.base import ContinuationRow, RowUpdate
+from ._work import succeeded
 
 _rng = random.Random()
 
@@ -30,6 +31,8 @@ def _update(row: ContinuationRow, **changes: object) -> RowUpdate:
         "finished_at": row.finished_at,
         "cancel_requested": row.cancel_requested,
         "events": [],
+        "phase": row.phase,
+        "outcome": row.outcome,
     }
     values.update(changes)
     return RowUpdate(**values)  # type: ignore[arg-type]
@@ -98,8 +101,43 @@ def cancellation(row: ContinuationRow, now: float) -> RowUpdate:
 
 
 def requeued(row: ContinuationRow, now: float) -> RowUpdate:
-    """``system.retry``: pending again, due now, with a fresh count of attempts."""
-    return _update(
+    """``system.retry``: pending again, due now, with a fresh count of attempts.
+
+    A strategy's continuation whose work failed or timed out sends its work again (or, for
+    a signal, waits again); one whose handler failed on a successful outcome runs the
+    handler again on that same outcome.
+    """
+    update = _update(
         row, status=ContinuationStatus.PENDING, due_at=now, scheduled_at=now, attempts=0,
         finished_at=None, events=[("retried", f"was {row.status}")],
+    )  # fmt: skip
+    if row.phase is not None and not (row.phase == "ready" and succeeded(row.outcome)):
+        update.phase, update.outcome = "retry", None
+    return update
+
+
+def delivered(row: ContinuationRow, now: float, outcome: bytes, event: str) -> RowUpdate:
+    """The work's outcome is in: stored with the row, which is due now to receive it."""
+    return _update(row, phase="ready", outcome=outcome, due_at=now, events=[(event, None)])
+
+
+def work_failed(
+    row: ContinuationRow, now: float, exc: BaseException, retry: RetryPolicy
+) -> RowUpdate:
+    """The work failed (or timed out) and no error chain takes the failure: a failed
+    attempt, after which the work is dispatched again, or, attempts used up, dead."""
+    update = failed(row, now, exc, retry)
+    if update.status == ContinuationStatus.PENDING:
+        update.phase, update.outcome = "retry", None
+    return update
+
+
+def redispatched(row: ContinuationRow, now: float, deadline: float | None) -> RowUpdate:
+    """Failed work goes out again: waiting for its outcome until ``deadline``."""
+    return _update(
+        row, phase="waiting", outcome=None, due_at=deadline,
+        events=[(
+            "waiting again" if row.strategy == "signal" else "dispatched again",
+            f"attempt {row.attempts + 1}",
+        )],
     )  # fmt: skip

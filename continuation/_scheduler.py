@@ -26,10 +26,11 @@ from ._activation import Activations
 from ._committer import Committer
 from ._errors import ContinuationCancelled
 from ._options import RetryPolicy
-from ._outcomes import completed, failed, halted
+from ._outcomes import completed, failed, halted, redispatched, work_failed
 from ._records import AlarmInfo, to_datetime
 from ._store.base import Commit, ContinuationRow, Store
 from ._turn import ActorSlot, Runtime, TurnBuffer
+from ._work import decode_outcome
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -54,6 +55,7 @@ class Scheduler:
         classes: dict[str, type[Actor]],
         batch_size: int,
         housekeeping: Callable[[], object],
+        dispatch: Callable[[ContinuationRow, int], None],
     ) -> None:
         self._store = store
         self._activations = activations
@@ -62,6 +64,7 @@ class Scheduler:
         self._classes = classes
         self._batch_size = batch_size
         self._housekeeping = housekeeping
+        self._dispatch = dispatch
         self._wake = asyncio.Event()
         self._next_due = math.inf
         self._max_in_flight = 4 * batch_size
@@ -190,6 +193,8 @@ class Scheduler:
         if row.id in self.revoked:
             self.revoked.discard(row.id)
             return None
+        if row.phase == "retry" and not row.cancel_requested:
+            return self._send_again(row)
         commit, downstream = await self._turn(slot, row, self._now())
         if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
             del slot.keys[row.key]
@@ -211,7 +216,11 @@ class Scheduler:
             return Commit(slot.binding, slot.instance, now, update=halted(row, now, reason)), []
         buffer = TurnBuffer(now=now)
         try:
-            chain, inject = self._handler(row, now)
+            try:
+                chain, inject = self._handler(row, now)
+            except _WorkFailed as failure:
+                update = work_failed(row, now, failure.error, self._work_retry_policy(row))
+                return Commit(slot.binding, slot.instance, now, update=update), []
             await self._activations.activate(slot)
             slot.turn = buffer
             try:
@@ -230,10 +239,48 @@ class Scheduler:
         return commit, buffer.downstream
 
     def _handler(self, row: ContinuationRow, now: float) -> tuple[OperationChain, dict[str, Any]]:
+        """The chain to run and what to inject; raises ``_WorkFailed`` when a strategy's
+        failure has no error chain to go to."""
         if row.cancel_requested:
             return self._chain(row.error_chain), {"error": ContinuationCancelled(row.id)}
-        info = AlarmInfo(row.id, to_datetime(row.scheduled_at), to_datetime(now), row.attempts + 1)
-        return self._chain(row.chain), {"result": info}
+        if row.phase is None:
+            scheduled, fired = to_datetime(row.scheduled_at), to_datetime(now)
+            info = AlarmInfo(row.id, scheduled, fired, row.attempts + 1)
+            return self._chain(row.chain), {"result": info}
+        if row.phase == "ready" and row.outcome is not None:
+            kind, value = decode_outcome(self._runtime.codec, row.outcome)
+            if kind == "ok":
+                return self._chain(row.chain), {"result": value}
+            error: BaseException = value
+        else:  # still waiting when its timeout came
+            timeout = orjson.loads(row.options).get("timeout")
+            error = TimeoutError(f"the {row.strategy} got no outcome within {timeout} s")
+        if row.error_chain is None:
+            raise _WorkFailed(error)
+        return self._chain(row.error_chain), {"error": error}
+
+    def _send_again(self, row: ContinuationRow) -> asyncio.Future[None]:
+        """Failed work's backoff is over: wait for a new outcome, and send the work again
+        once that is durable."""
+        now = self._now()
+        timeout = orjson.loads(row.options).get("timeout")
+        update = redispatched(row, now, None if timeout is None else now + timeout)
+        commit = Commit(row.binding, row.instance, now, update=update, standalone=True)
+        future = self._committer.submit(commit, None)
+
+        def sent(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._dispatch(row, row.revision + 1)
+
+        future.add_done_callback(sent)
+        return future
+
+    def _work_retry_policy(self, row: ContinuationRow) -> RetryPolicy:
+        # A proxy-fetch already retried its request by the policy; what fails after that
+        # is final.
+        if row.strategy == "proxy-fetch":
+            return RetryPolicy(max_attempts=1)
+        return self._retry_policy(row)
 
     def _chain(self, data: bytes | None) -> OperationChain:
         chain = self._runtime.codec.loads(data or b"null")
@@ -251,6 +298,14 @@ class Scheduler:
 
     def _now(self) -> float:
         return self._runtime.clock.now()
+
+
+class _WorkFailed(Exception):
+    """A strategy's work failed, and the continuation has no error chain to take it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _frees_key(commit: Commit) -> bool:

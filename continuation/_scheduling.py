@@ -15,9 +15,16 @@ from operation_chain import (
 )
 
 from ._continuation import Continuation, check_handler_chain, continuation_class
-from ._errors import ContinuationChainError
+from ._errors import ContinuationChainError, ContinuationOptionsError
 from ._options import AlarmOptions, parse_options
 from ._store.base import NewContinuation
+from ._strategy_options import (
+    ProxyFetchOptions,
+    RemoteCallOptions,
+    SignalOptions,
+    WorkOptions,
+)
+from ._work import RemoteCall
 
 if TYPE_CHECKING:
     from ._turn import ActorSlot, TurnBuffer
@@ -47,28 +54,64 @@ def schedule(
         )
         if existing is not None and existing not in turn.cancels:
             return existing
-    assert isinstance(parsed, AlarmOptions)
     codec = slot.runtime.codec
-    cid = new_continuation_id()
-    turn.new.append(
-        NewContinuation(
-            id=cid,
-            binding=slot.binding,
-            instance=slot.instance,
-            strategy=parsed.strategy,
-            chain=codec.dumps(handler),
-            error_chain=None if fallback is None else codec.dumps(fallback),
-            chain_text=str(handler),
-            error_chain_text=None if fallback is None else str(fallback),
-            options=parsed.model_dump_json(include={"timezone"}, exclude_none=True),
-            retry=None if parsed.retry is None else parsed.retry.model_dump_json(),
-            due_at=parsed.first_due(turn.now),
-            key=parsed.key,
-            cron=parsed.cron,
-            version=slot.cls.version,
-        )
+    new = NewContinuation(
+        id=new_continuation_id(),
+        binding=slot.binding,
+        instance=slot.instance,
+        strategy=parsed.strategy,
+        chain=codec.dumps(handler),
+        error_chain=None if fallback is None else codec.dumps(fallback),
+        chain_text=str(handler),
+        error_chain_text=None if fallback is None else str(fallback),
+        options="{}",
+        retry=None if parsed.retry is None else parsed.retry.model_dump_json(),
+        due_at=None,
+        key=parsed.key,
+        cron=None,
+        version=slot.cls.version,
     )
-    return cid
+    if isinstance(parsed, AlarmOptions):
+        new.options = parsed.model_dump_json(include={"timezone"}, exclude_none=True)
+        new.due_at = parsed.first_due(turn.now)
+        new.cron = parsed.cron
+    else:
+        assert isinstance(parsed, WorkOptions)
+        new.options = parsed.model_dump_json(include={"timeout"})
+        new.due_at = parsed.deadline(turn.now)
+        new.phase = "waiting"
+        if isinstance(parsed, RemoteCallOptions):
+            new.work = codec.dumps(_remote_call(slot, parsed))
+        elif isinstance(parsed, ProxyFetchOptions):
+            new.work = codec.dumps(parsed.request)
+        else:
+            assert isinstance(parsed, SignalOptions)
+            new.wait_name = parsed.name
+    turn.new.append(new)
+    return new.id
+
+
+def _remote_call(slot: ActorSlot, options: RemoteCallOptions) -> RemoteCall:
+    """The work of a remote call, its call checked against the target class."""
+    target = continuation_class(options.call)
+    declared = getattr(target, "binding", None)
+    if isinstance(declared, str) and declared != options.binding:
+        raise ContinuationOptionsError(
+            f"the call was recorded on {target.__name__}, whose binding is {declared!r},"
+            f" but binding={options.binding!r}"
+        )
+    if options.binding not in slot.runtime.bindings:
+        raise ContinuationOptionsError(
+            f"no actor class is registered for binding {options.binding!r} and it is not"
+            " among the system's remotes"
+        )
+    chain = options.call_chain
+    check_handler_chain(target, chain, role="call", synchronous=False)
+    try:
+        slot.runtime.policy.check(chain, injected=frozenset())
+    except (ChainSecurityError, MarkerNotInjectedError) as exc:
+        raise ContinuationChainError(f"the call {str(chain)!r} is refused: {exc}") from exc
+    return RemoteCall(options.binding, options.instance, chain)
 
 
 _last_id_time = 0

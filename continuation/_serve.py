@@ -67,12 +67,19 @@ def build_system(target: object, database: str | None) -> ActorSystem:
 
 async def serve(system: ActorSystem, *, host: str, port: int, prefix: str, log_level: str) -> None:
     """Serve ``system`` with uvicorn until interrupted; the system starts before the first
-    request and closes, committing what already ran, before the process exits."""
+    request and closes, committing what already ran, before the process exits. A system with
+    a ``BouncerTimer`` also gets its wake endpoint, at ``/bouncer/wake``."""
     import uvicorn
 
     from rpc.server import create_rpc_app
 
-    app = _Lifespan(create_rpc_app(system, prefix=prefix), system)
+    served: Any = create_rpc_app(system, prefix=prefix)
+    if system.timer is not None:
+        from .bouncer._wake import with_wake_endpoint
+
+        # The bouncer's callbacks wake the system at /bouncer/wake (docs/bouncer.md).
+        served = with_wake_endpoint(served, system)
+    app = _Lifespan(served, system)
     # uvicorn's default WebSocket implementation sits on the deprecated websockets.legacy.
     config = uvicorn.Config(
         app, host=host, port=port, ws="websockets-sansio", lifespan="on", log_level=log_level

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
+
+import httpx
 
 from operation_chain import (
     DEFAULT_POLICY,
@@ -23,6 +25,7 @@ from ._activation import Activations
 from ._actor import Actor
 from ._clock import Clock, ManualClock, SystemClock
 from ._committer import Committer, PendingCommit
+from ._dispatch import Dispatcher, Job
 from ._errors import (
     ContinuationNotFoundError,
     ContinuationStateError,
@@ -30,15 +33,19 @@ from ._errors import (
     SystemClosedError,
     UnknownActorError,
 )
+from ._fetch import FetchDispatcher
 from ._inspection import info_of
 from ._options import RetryPolicy
 from ._outcomes import cancellation, requeued
 from ._records import ContinuationInfo, ContinuationStatus
 from ._ref import ActorRef
+from ._remote import Remotes
 from ._scheduler import Scheduler
-from ._store.base import Commit, ContinuationRow, RowUpdate, Store
+from ._store.base import Commit, ContinuationRow, RowUpdate, SignalSend, Store
 from ._store.sqlite import SQLiteStore
-from ._turn import ActorSlot, Runtime, TurnBuffer
+from ._timer import Timer
+from ._turn import ActorSlot, Runtime, TurnBuffer, current_turn, signal_send
+from ._work import Outcome, RemoteCall, decode_outcome, encode_outcome
 
 logger = logging.getLogger("continuation")
 
@@ -68,6 +75,17 @@ class ActorSystem:
         signing_key: HMAC key for pickled values in storage (the trusted codec).
         policy: the execution policy for calls and handlers.
         batch_size: most continuations fetched and fired at once.
+        fetch_concurrency: most proxy-fetch requests in flight at once.
+        max_fetch_body: the largest proxy-fetch response body accepted, in bytes; a larger
+            one is a ``FetchError``, never read past the limit.
+        http_client: the ``httpx.AsyncClient`` proxy-fetches are sent with (you close it);
+            by default the system makes one.
+        remotes: bindings served by other hosts, mapped to the URL of their RPC endpoint
+            (``ws://host:port/rpc`` or ``http://...``): remote calls to them go through the
+            RPC client, each with the continuation id as its idempotency key.
+        remote_headers: headers sent to those hosts (an ``Authorization`` token, say).
+        timer: wakes the system from outside instead of the scheduler's own loop, e.g.
+            ``continuation.bouncer.BouncerTimer`` (see ``docs/bouncer.md``).
     """
 
     def __init__(
@@ -83,6 +101,12 @@ class ActorSystem:
         signing_key: bytes | None = None,
         policy: ExecutionPolicy | None = None,
         batch_size: int = 512,
+        fetch_concurrency: int = 64,
+        max_fetch_body: int = 10 * 2**20,
+        http_client: httpx.AsyncClient | None = None,
+        remotes: Mapping[str, str] | None = None,
+        remote_headers: Mapping[str, str] | None = None,
+        timer: Timer | None = None,
     ) -> None:
         if not isinstance(database, str | os.PathLike):
             raise TypeError(f"database must be a path or ':memory:', not {type(database).__name__}")
@@ -94,6 +118,9 @@ class ActorSystem:
             raise TypeError(f"clock must be a Clock instance (with now()), not {clock!r}")
         if policy is not None and not isinstance(policy, ExecutionPolicy):
             raise TypeError(f"policy must be an ExecutionPolicy, not {type(policy).__name__}")
+        if timer is not None and (isinstance(timer, type) or not isinstance(timer, Timer)):
+            raise TypeError(f"timer must be a Timer (e.g. BouncerTimer), not {timer!r}")
+        self._timer = timer
         if signing_key is not None and not isinstance(signing_key, bytes):
             raise TypeError(f"signing_key must be bytes, not {type(signing_key).__name__}")
         if signing_key is not None and len(signing_key) < 16:
@@ -109,7 +136,19 @@ class ActorSystem:
             clock=self._clock,
             policy=policy or DEFAULT_POLICY,
             retry=retry or RetryPolicy(),
+            actors=frozenset(self._classes),
+            bindings=frozenset(self._classes) | frozenset(remotes or {}),
         )
+        self._remotes = Remotes(remotes or {}, headers=remote_headers)
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise TypeError(
+                f"http_client must be an httpx.AsyncClient, not {type(http_client).__name__}"
+            )
+        self._fetch_options = {
+            "client": http_client,
+            "concurrency": int(_positive("fetch_concurrency", fetch_concurrency)),
+            "max_body_bytes": int(_positive("max_fetch_body", max_fetch_body)),
+        }
         self._store: Store = SQLiteStore(os.fspath(database), durability=durability)
         self._listeners: list[DownstreamListener] = []
         self._state: Literal["new", "running", "closed"] = "new"
@@ -138,9 +177,22 @@ class ActorSystem:
             classes=self._classes,
             batch_size=self._batch_size,
             housekeeping=self._housekeeping,
+            dispatch=self._dispatch_row,
+        )
+        self._dispatcher = Dispatcher(
+            store=self._store,
+            committer=self._committer,
+            runtime=self._runtime,
+            local_call=self._call_for,
+            remotes=self._remotes,
+            fetcher=lambda: FetchDispatcher(**self._fetch_options),  # type: ignore[arg-type]
         )
         self._state = "running"
-        if not isinstance(self._clock, ManualClock):
+        await self._dispatcher.resume()
+        if self._timer is not None:
+            # An outside timer hears of due times and wakes the system: no loop of its own.
+            await self._timer.start(self)
+        elif not isinstance(self._clock, ManualClock):
             idle_check = min(self._idle_timeout, 60.0)
             self._loop_task = asyncio.create_task(
                 self._scheduler.run(idle_check=idle_check), name="continuation-scheduler"
@@ -152,13 +204,22 @@ class ActorSystem:
             self._state = "closed"
             return
         self._state = "closed"
+        if self._timer is not None:
+            await self._timer.aclose()
         for task in (self._loop_task, self._purging):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self._dispatcher.aclose()
         await self._scheduler.close()
         await self._committer.close()
+        await self._remotes.aclose()
         await self._store.close()
+
+    @property
+    def timer(self) -> Timer | None:
+        """The outside timer given as ``timer=``, if any."""
+        return self._timer
 
     async def __aenter__(self) -> ActorSystem:
         await self.start()
@@ -192,46 +253,134 @@ class ActorSystem:
         *,
         principal: Any = None,
         policy: ExecutionPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Run ``chain`` against the actor in one turn; return its value once durable.
 
         Methods may be ``async def`` here (the turn holds the actor until they finish); the
         turn's effects commit only if it returns. Exceptions of the actor's code propagate
         unchanged, and leave no trace.
+
+        With ``idempotency_key``, the value is stored with the turn's effects; a later call
+        to the same actor with the same key (a caller retrying after a lost answer) returns
+        that value without running again, until the key is purged with the retention
+        period. A call that raised stored nothing, so the same key runs it again.
         """
         self._running()
         cls = self._class_of(binding)
         _check_instance(instance)
         if not isinstance(chain, OperationChain):
             raise TypeError(f"chain must be an OperationChain, not {type(chain).__name__}")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError(f"idempotency_key must be a str, not {type(idempotency_key).__name__}")
         async with self._activations.turn(cls, instance) as slot:
+            if idempotency_key is not None:
+                tail = self._activations.tail(slot.binding, slot.instance)
+                if tail is not None:  # an earlier answer under this key may be committing
+                    await asyncio.wait([tail])
+                stored = await self._store.call_result(binding, instance, idempotency_key)
+                if stored is not None:
+                    return decode_outcome(self._runtime.codec, stored)[1]
             buffer = TurnBuffer(now=self._clock.now(), principal=principal)
-            slot.turn = buffer
-            ok = False
-            try:
-                result = await execute_operation_chain_async(
-                    slot.actor, chain, policy=policy or self._runtime.policy
-                )
-                ok = True
-            finally:
-                slot.turn = None
-                if not ok:
-                    self._activations.discard_instance(slot)
-            future = self._commit_turn(slot, buffer)
+            result = await self._run_turn(slot, buffer, chain, policy or self._runtime.policy)
+            answer = None
+            if idempotency_key is not None:
+                answer = (idempotency_key, encode_outcome(self._runtime.codec, ("ok", result)))
+            future = self._commit_turn(slot, buffer, answer=answer)
         if future is not None:
             await future
         return result
 
-    def _commit_turn(self, slot: ActorSlot, buffer: TurnBuffer) -> asyncio.Future[None] | None:
-        if not (buffer.writes or buffer.new or buffer.cancels or buffer.downstream):
+    async def _run_turn(
+        self, slot: ActorSlot, buffer: TurnBuffer, chain: OperationChain, policy: ExecutionPolicy
+    ) -> Any:
+        """Run ``chain`` on the slot's actor with ``buffer`` as its turn; a failure leaves
+        no trace, in memory either."""
+        slot.turn = buffer
+        token = current_turn.set((self, slot))
+        ok = False
+        try:
+            result = await execute_operation_chain_async(slot.actor, chain, policy=policy)
+            ok = True
+        finally:
+            current_turn.reset(token)
+            slot.turn = None
+            if not ok:
+                self._activations.discard_instance(slot)
+        return result
+
+    async def _call_for(self, work: RemoteCall, outcome_of: Callable[[Outcome], RowUpdate]) -> None:
+        """A same-system remote call: the target's turn, whose transaction also stores the
+        caller's result; a call that raises stores the caller's error alone."""
+        cls = self._class_of(work.binding)
+        async with self._activations.turn(cls, work.instance) as slot:
+            buffer = TurnBuffer(now=self._clock.now())
+            try:
+                result = await self._run_turn(slot, buffer, work.call, self._runtime.policy)
+            except Exception as exc:
+                update = outcome_of(("error", exc))
+                future: asyncio.Future[None] | None = self._committer.submit(
+                    Commit(work.binding, work.instance, buffer.now, update=update,
+                           standalone=True),
+                    None,
+                )  # fmt: skip
+            else:
+                future = self._commit_turn(slot, buffer, outcome_of(("ok", result)))
+        if future is not None:
+            await future
+
+    def _commit_turn(
+        self,
+        slot: ActorSlot,
+        buffer: TurnBuffer,
+        update: RowUpdate | None = None,
+        answer: tuple[str, bytes] | None = None,
+    ) -> asyncio.Future[None] | None:
+        if (
+            update is None
+            and answer is None
+            and not (
+                buffer.writes or buffer.new or buffer.cancels or buffer.downstream or buffer.signals
+            )
+        ):
             # Nothing to write, but the answer may rest on an earlier turn still committing.
             return self._activations.tail(slot.binding, slot.instance)
         for cid in buffer.cancels:
             if cid in self._scheduler.in_flight:
                 self._scheduler.revoked.add(cid)
-        future = self._committer.submit(slot.finish_turn(buffer), slot, buffer.downstream)
+        commit = slot.finish_turn(buffer)
+        commit.update = update
+        commit.call_result = answer
+        future = self._committer.submit(commit, slot, buffer.downstream)
         self._activations.track(slot, future)
         return future
+
+    async def signal(self, binding: str, instance: str, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` with ``payload`` to an actor: the oldest of its continuations
+        waiting for that name (``strategy="signal"``) receives the payload at ``c.result``;
+        with none waiting, the signal is kept for the next one that waits.
+
+        Called during a turn of this system (an ``async def`` actor method), the signal is
+        part of that turn and commits with it; otherwise it commits on its own before this
+        returns. A synchronous handler sends with ``self.signal(...)``.
+
+        Raises:
+            UnknownActorError: ``binding`` is not registered.
+            InvalidArgumentError: an empty name, or one over 200 characters.
+        """
+        self._running()
+        send = self._signal_send(binding, instance, name, payload)
+        running = current_turn.get()
+        if running is not None and running[0] is self and running[1].turn is not None:
+            running[1].turn.signals.append(send)
+            return
+        commit = Commit(binding, instance, self._clock.now(), signals=[send], standalone=True)
+        await self._committer.submit(commit, None)
+
+    def _signal_send(self, binding: str, instance: str, name: str, payload: Any) -> SignalSend:
+        self._class_of(binding)
+        _check_instance(instance)
+        return signal_send(self._runtime, binding, instance, name, payload)
 
     def add_downstream_listener(self, listener: DownstreamListener) -> Callable[[], None]:
         """Call ``listener`` with every downstream message once its turn has committed."""
@@ -338,13 +487,23 @@ class ActorSystem:
     # -- time ------------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Run everything due now, including what those turns make due now."""
+        """Run everything due now, including what those turns make due now; work already
+        sent out (remote calls, fetches) is waited for, and its outcome delivered."""
         self._running()
-        await self._scheduler.drain()
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Fire what is due and wait for the work out now, until neither leaves anything."""
+        while True:
+            await self._scheduler.drain()
+            if not await self._dispatcher.settle():
+                return
 
     async def advance(self, seconds: float) -> None:
         """Move a manual clock forward, running everything that falls due on the way, in order,
-        with the clock standing at each due time while its turn runs."""
+        with the clock standing at each due time while its turn runs. Work already sent out
+        (remote calls, fetches) is not waited for, so a timeout can overtake it; ``drain``
+        waits for it."""
         self._running()
         clock = self._clock
         if not isinstance(clock, ManualClock):
@@ -363,11 +522,34 @@ class ActorSystem:
         for pending in batch:
             commit = pending.commit
             for new in commit.new:
-                self._scheduler.notice(new.due_at)
-            if commit.cancels:
+                if new.due_at is not None:
+                    self._scheduler.notice(new.due_at)
+                if new.wait_name is not None:  # it may have taken a buffered signal
+                    self._scheduler.notice(commit.now)
+                job = Job.of_new(new)
+                if job is not None:
+                    self._dispatcher.dispatch(job)
+            if commit.cancels or commit.signals:
                 self._scheduler.notice(commit.now)
+            for cid in commit.cancels:
+                self._dispatcher.abort(cid)
+            update = commit.update
+            if update is not None:
+                if update.due_at is not None:
+                    self._scheduler.notice(update.due_at)
+                if (
+                    update.status != ContinuationStatus.PENDING
+                    or update.phase != "waiting"
+                    or update.cancel_requested
+                ):  # nobody waits for the work any more: stop it
+                    self._dispatcher.abort(update.id)
             for message in pending.downstream:
                 self._deliver(message)
+
+    def _dispatch_row(self, row: ContinuationRow, revision: int) -> None:
+        job = Job.of_row(row, revision)
+        if job is not None:
+            self._dispatcher.dispatch(job)
 
     def _deliver(self, message: DownstreamMessage) -> None:
         for listener in list(self._listeners):

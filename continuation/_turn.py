@@ -8,6 +8,7 @@ returned: writes, new continuations, cancellations and downstream messages wait 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ from operation_chain import Codec, ExecutionPolicy
 from rpc._host import DownstreamMessage
 
 from ._clock import Clock
-from ._store.base import Commit, NewContinuation
+from ._errors import InvalidArgumentError, UnknownActorError
+from ._store.base import Commit, NewContinuation, SignalSend
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -30,6 +32,8 @@ class Runtime:
     clock: Clock
     policy: ExecutionPolicy
     retry: RetryPolicy
+    actors: frozenset[str] = frozenset()  # the bindings of this system's actor classes
+    bindings: frozenset[str] = frozenset()  # what a remote call may target (remotes too)
 
 
 @dataclass(slots=True)
@@ -42,6 +46,7 @@ class TurnBuffer:
     new: list[NewContinuation] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     downstream: list[DownstreamMessage] = field(default_factory=list)
+    signals: list[SignalSend] = field(default_factory=list)
 
 
 class ActorSlot:
@@ -106,4 +111,25 @@ class ActorSlot:
             writes=buffer.writes,
             new=buffer.new,
             cancels=buffer.cancels,
+            signals=buffer.signals,
         )
+
+
+current_turn: contextvars.ContextVar[tuple[object, ActorSlot] | None] = contextvars.ContextVar(
+    "current_turn", default=None
+)
+"""The system and actor slot of the call turn running in this task, if one is."""
+
+
+def signal_send(
+    runtime: Runtime, binding: str, instance: str, name: str, payload: Any
+) -> SignalSend:
+    """A signal checked and encoded (a copy is taken now), ready to commit."""
+    if binding not in runtime.actors:
+        raise UnknownActorError(f"no actor class is registered for binding {binding!r}")
+    if not isinstance(instance, str) or not instance:
+        raise InvalidArgumentError(f"instance must be a non-empty str, not {instance!r}")
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise InvalidArgumentError(f"a signal name is a str of 1 to 200 characters, not {name!r}")
+    # Stored as the waiter's outcome, in the form every strategy's outcome has.
+    return SignalSend(binding, instance, name, runtime.codec.dumps(("ok", payload)))

@@ -51,11 +51,14 @@ class ActorHost(Protocol):
         *,
         principal: Any = None,
         policy: ExecutionPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Run ``chain`` against the actor in one turn and return its value once durable.
 
         ``principal`` is what the server's ``authenticate`` returned; the actor sees it for
         the duration of the call. ``policy`` is enforced before any part of the chain runs.
+        With ``idempotency_key``, a call the host already answered under the same key (for
+        the same actor) is answered again with the stored outcome, without running.
         Exceptions raised by the actor's code propagate unchanged.
         """
         ...

@@ -129,19 +129,26 @@ _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 _MAX_WIRE_ID: Final = 2**53  # the integers a JavaScript client can hold exactly
 _MAX_NAME: Final = 1024
+_MAX_KEY: Final = 200
 
 WireId = Annotated[int, Field(ge=0, le=_MAX_WIRE_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=_MAX_NAME)]
 
 
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=_MAX_KEY)]
+
+
 class WireCall(BaseModel):
-    """One call of a batch: a chain in its JSON form, and whether its result is wanted."""
+    """One call of a batch: a chain in its JSON form, whether its result is wanted, and an
+    optional idempotency key (a host that has answered a call with the same key to the same
+    actor answers again with the stored outcome instead of running it twice)."""
 
     model_config = _STRICT
 
     id: WireId
     chain: dict[str, Any]
     reply: bool = True
+    key: IdempotencyKey | None = None
 
 
 class Batch(BaseModel):
@@ -219,8 +226,8 @@ class DownstreamFrame(BaseModel):
     payload: Any
 
 
-WireCallFields = tuple[int, dict[str, Any], bool]
-"""A call of a batch as the server uses it: ``(id, chain form, reply)``."""
+WireCallFields = tuple[int, dict[str, Any], bool, str | None]
+"""A call of a batch as the server uses it: ``(id, chain form, reply, idempotency key)``."""
 
 
 def parse_json(data: str | bytes) -> Any:
@@ -262,15 +269,17 @@ def read_calls(batch: Any) -> list[WireCallFields] | None:
         if type(call) is not dict:
             return None
         wire_id, chain, reply = call.get("id"), call.get("chain"), call.get("reply", True)
+        key = call.get("key")
         if (
             type(wire_id) is not int
             or not 0 <= wire_id <= _MAX_WIRE_ID
             or type(chain) is not dict
             or type(reply) is not bool
-            or len(call) != (3 if "reply" in call else 2)
+            or len(call) != 2 + ("reply" in call) + ("key" in call)
+            or (key is not None and (type(key) is not str or not 0 < len(key) <= _MAX_KEY))
         ):
             return None
-        read.append((wire_id, chain, reply))
+        read.append((wire_id, chain, reply, key))
     return read
 
 
@@ -297,7 +306,7 @@ def read_call_frame(frame: Any) -> tuple[int, str, str, list[WireCallFields]] | 
 
 def calls_of(batch: Batch) -> list[WireCallFields]:
     """The calls of a validated ``Batch`` model."""
-    return [(call.id, call.chain, call.reply) for call in batch.calls]
+    return [(call.id, call.chain, call.reply, call.key) for call in batch.calls]
 
 
 def refusal_body(

@@ -81,6 +81,7 @@ class _Call:
     reply: bool
     refs: list[CallRef]
     graph: ValueGraph | None
+    key: str | None = None
 
 
 class RpcServer:
@@ -173,9 +174,15 @@ class RpcServer:
                 outcome = outcomes[call.id]
             else:
                 try:
-                    value = await self.host.call(
-                        binding, instance, chain, principal=principal, policy=self.policy
-                    )
+                    if call.key is None:
+                        value = await self.host.call(
+                            binding, instance, chain, principal=principal, policy=self.policy
+                        )
+                    else:
+                        value = await self.host.call(
+                            binding, instance, chain, principal=principal, policy=self.policy,
+                            idempotency_key=call.key,
+                        )  # fmt: skip
                 except Exception as exc:
                     outcome = outcomes[call.id] = False, exc
                 else:
@@ -191,9 +198,9 @@ class RpcServer:
         prepared: list[_Call] = []
         refusals: list[dict[str, Any]] = []
         earlier: set[int] = set()
-        for wire_id, form, reply in calls:
+        for wire_id, form, reply, key in calls:
             try:
-                prepared.append(self._prepare_call(wire_id, form, reply, earlier))
+                prepared.append(self._prepare_call(wire_id, form, reply, key, earlier))
             except Refused as refusal:
                 refusals.append({"id": wire_id, "code": refusal.code, "message": refusal.message})
             earlier.add(wire_id)
@@ -204,14 +211,14 @@ class RpcServer:
         return prepared
 
     def _prepare_call(
-        self, wire_id: int, form: dict[str, Any], reply: bool, earlier: set[int]
+        self, wire_id: int, form: dict[str, Any], reply: bool, key: str | None, earlier: set[int]
     ) -> _Call:
         if wire_id in earlier:
             raise Refused(MALFORMED_REQUEST, f"the call id {wire_id} is used twice")
         made = CallRef.made
         chain = self._chain(form)
         if CallRef.made == made:  # decoding it rebuilt no reference: nothing to look for
-            return _Call(wire_id, chain, reply, [], None)
+            return _Call(wire_id, chain, reply, [], None, key)
         graph = ValueGraph(chain)
         refs = [leaf for leaf in graph.leaves if type(leaf) is CallRef]
         for ref in refs:
@@ -220,7 +227,7 @@ class RpcServer:
                     BAD_REFERENCE,
                     f"a reference to call {ref.call!r}, which is not an earlier call of this batch",
                 )
-        return _Call(wire_id, chain, reply, refs, graph if refs else None)
+        return _Call(wire_id, chain, reply, refs, graph if refs else None, key)
 
     def _chain(self, form: dict[str, Any]) -> OperationChain:
         """Decode one chain and check it against the policy; nothing runs.

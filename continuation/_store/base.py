@@ -27,10 +27,13 @@ class NewContinuation:
     error_chain_text: str | None
     options: str
     retry: str | None
-    due_at: float
+    due_at: float | None
     key: str | None
     cron: str | None
     version: str
+    phase: str | None = None
+    work: bytes | None = None
+    wait_name: str | None = None
 
 
 @dataclass(slots=True)
@@ -61,6 +64,10 @@ class ContinuationRow:
     version: str
     cancel_requested: bool
     revision: int
+    phase: str | None = None
+    work: bytes | None = None
+    outcome: bytes | None = None
+    wait_name: str | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +89,18 @@ class RowUpdate:
     finished_at: float | None
     cancel_requested: bool
     events: list[tuple[str, str | None]]
+    phase: str | None = None
+    outcome: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSend:
+    """A signal to deliver to the oldest continuation waiting for it, or to buffer."""
+
+    binding: str
+    instance: str
+    name: str
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -96,6 +115,11 @@ class Commit:
         new: continuations to insert.
         update: the firing (or system-changed) continuation's new state.
         cancels: ids of this actor's pending continuations to cancel.
+        signals: signals sent by the turn, delivered in order.
+        notes: audit events ``(cid, event, detail)`` that change no row.
+        standalone: no later turn builds on this commit (it only stores a strategy's
+            outcome, say), so refusing it refuses nothing else of its actor.
+        call_result: ``(idempotency key, encoded outcome)`` of the call this turn answered.
     """
 
     binding: str
@@ -105,6 +129,10 @@ class Commit:
     new: list[NewContinuation] = field(default_factory=list)
     update: RowUpdate | None = None
     cancels: list[str] = field(default_factory=list)
+    signals: list[SignalSend] = field(default_factory=list)
+    notes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    standalone: bool = False
+    call_result: tuple[str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +179,15 @@ class Store(Protocol):
         """The earliest due time of a pending continuation not in ``skip``."""
         ...
 
+    async def waiting(self, strategies: Sequence[str]) -> list[ContinuationRow]:
+        """Pending continuations of ``strategies`` whose work is out (phase 'waiting'),
+        oldest first: the outbox to dispatch again after a restart."""
+        ...
+
+    async def call_result(self, binding: str, instance: str, key: str) -> bytes | None:
+        """The stored outcome of the call answered under idempotency ``key``, if any."""
+        ...
+
     async def get(self, cid: str) -> ContinuationRow | None:
         """One continuation by id."""
         ...
@@ -171,5 +208,6 @@ class Store(Protocol):
         ...
 
     async def purge(self, *, finished_before: float, statuses: Sequence[str]) -> int:
-        """Delete final rows (and their audit) finished before a time; return how many."""
+        """Delete final rows (and their audit) finished before a time, and call results
+        stored before it; return how many rows."""
         ...

@@ -59,6 +59,39 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX audit_cid ON audit (cid, seq);
     """,
+    # 2: strategies that hand work off the turn (remote-call, proxy-fetch, signal). ``phase``
+    # is NULL for alarms; 'waiting' while the work is out (due_at is then its timeout),
+    # 'ready' once its outcome is stored, 'retry' until failed work is dispatched again.
+    # Signals that arrive before anyone waits wait in ``signals``; ``call_results`` remembers
+    # the answers to calls made with an idempotency key, for a repeated call.
+    """
+    ALTER TABLE continuations ADD COLUMN phase TEXT;
+    ALTER TABLE continuations ADD COLUMN work BLOB;
+    ALTER TABLE continuations ADD COLUMN outcome BLOB;
+    ALTER TABLE continuations ADD COLUMN wait_name TEXT;
+    CREATE INDEX continuations_waiting ON continuations (strategy, id)
+        WHERE status = 'pending' AND phase = 'waiting';
+    CREATE INDEX continuations_signal ON continuations (binding, instance, wait_name, id)
+        WHERE status = 'pending' AND phase = 'waiting' AND wait_name IS NOT NULL;
+    CREATE TABLE signals (
+        seq INTEGER PRIMARY KEY,
+        binding TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX signals_waiting ON signals (binding, instance, name, seq);
+    CREATE TABLE call_results (
+        binding TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        key TEXT NOT NULL,
+        outcome BLOB NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (binding, instance, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX call_results_at ON call_results (at);
+    """,
 )
 
 LATEST_VERSION: Final = len(MIGRATIONS)

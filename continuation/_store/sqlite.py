@@ -16,26 +16,32 @@ from typing import Any, Final, Literal
 
 import aiosqlite
 
-from .._errors import SchemaVersionError, StoreError
-from .base import AuditRow, Commit, ContinuationRow
-from .migrations import LATEST_VERSION, MIGRATIONS
+from .._errors import StoreError
+from .base import AuditRow, Commit, ContinuationRow, SignalSend
+from .connect import open_sqlite
+from .migrations import MIGRATIONS
 
 Durability = Literal["full", "normal"]
 
 _COLUMNS: Final = (
     "id, binding, instance, strategy, status, chain, error_chain, chain_text, error_chain_text,"
     " options, retry, due_at, scheduled_at, attempts, last_error, last_traceback, created_at,"
-    " updated_at, finished_at, key, cron, version, cancel_requested, revision"
+    " updated_at, finished_at, key, cron, version, cancel_requested, revision, phase, work,"
+    " outcome, wait_name"
 )
 _INSERT_CONTINUATION: Final = (
     "INSERT INTO continuations (id, binding, instance, strategy, status, chain, error_chain,"
     " chain_text, error_chain_text, options, retry, due_at, scheduled_at, created_at,"
-    " updated_at, key, cron, version) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-    " ?, ?, ?, ?)"
+    " updated_at, key, cron, version, phase, work, wait_name) VALUES (?, ?, ?, ?, 'pending', ?,"
+    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_CONTINUATION: Final = (
     "UPDATE continuations SET status = ?, due_at = ?, scheduled_at = ?, attempts = ?,"
     " last_error = ?, last_traceback = ?, finished_at = ?, cancel_requested = ?, updated_at = ?,"
+    " phase = ?, outcome = ?, revision = revision + 1 WHERE id = ?"
+)
+_READY: Final = (
+    "UPDATE continuations SET phase = 'ready', outcome = ?, due_at = ?, updated_at = ?,"
     " revision = revision + 1 WHERE id = ?"
 )
 _OWN_PENDING: Final = "id = ? AND binding = ? AND instance = ? AND status = 'pending'"
@@ -76,50 +82,13 @@ class SQLiteStore:
         return f"SQLiteStore({self._path!r}, durability={self._durability!r})"
 
     async def open(self) -> None:
-        try:
-            # aiosqlite leaves its worker thread behind when connecting fails, so find out
-            # first, in a throwaway thread, whether the file can be opened at all.
-            await asyncio.to_thread(_probe, self._path)
-            self._db = await aiosqlite.connect(self._path, isolation_level=None)
-            await self._db.execute("PRAGMA journal_mode = WAL")
-            synchronous = "FULL" if self._durability == "full" else "NORMAL"
-            await self._db.execute(f"PRAGMA synchronous = {synchronous}")
-            await self._db.execute("PRAGMA busy_timeout = 5000")
-            await self._migrate(self._db)
-            if self._path not in ("", ":memory:"):
-                # A second connection for reads: in WAL mode a reader never waits for a
-                # commit's fsync, so the scheduler finds due rows while the writer syncs.
-                self._reader = await aiosqlite.connect(self._path, isolation_level=None)
-                await self._reader.execute("PRAGMA query_only = ON")
-                await self._reader.execute("PRAGMA busy_timeout = 5000")
-        except sqlite3.Error as exc:
-            await self.close()
-            raise StoreError(f"cannot open the database {self._path!r}: {exc}") from exc
-        except SchemaVersionError:
-            await self.close()
-            raise
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT MAX(version) FROM schema_version") as cursor:
-            row = await cursor.fetchone()
-        current = int(row[0]) if row and row[0] is not None else 0
-        if current > LATEST_VERSION:
-            raise SchemaVersionError(
-                f"the database {self._path!r} has schema version {current}, newer than the"
-                f" {LATEST_VERSION} this version of continuation understands; upgrade the library"
-            )
-        for version in range(current + 1, LATEST_VERSION + 1):
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[version - 1].split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
-                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+        synchronous = "FULL" if self._durability == "full" else "NORMAL"
+        self._db, self._reader = await open_sqlite(
+            self._path,
+            synchronous=synchronous,
+            migrations=MIGRATIONS,
+            what=f"the database {self._path!r}",
+        )
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -191,7 +160,8 @@ class SQLiteStore:
             for index, commit in enumerate(commits):
                 actor = (commit.binding, commit.instance)
                 if index in refused:
-                    actors.add(actor)
+                    if not commit.standalone:
+                        actors.add(actor)
                 elif actor in actors:
                     refused.add(index)
         return refused
@@ -239,6 +209,20 @@ class SQLiteStore:
         rows = await self._read(sql, (len(skip) + 1,))
         return next((float(due) for cid, due in rows if cid not in skip), None)
 
+    async def waiting(self, strategies: Sequence[str]) -> list[ContinuationRow]:
+        marks = ", ".join("?" * len(strategies))
+        sql = (
+            f"SELECT {_COLUMNS} FROM continuations INDEXED BY continuations_waiting"
+            f" WHERE status = 'pending' AND phase = 'waiting' AND strategy IN ({marks})"
+            " ORDER BY id"
+        )
+        return await self._rows(sql, strategies)
+
+    async def call_result(self, binding: str, instance: str, key: str) -> bytes | None:
+        sql = "SELECT outcome FROM call_results WHERE binding = ? AND instance = ? AND key = ?"
+        rows = await self._read(sql, (binding, instance, key))
+        return bytes(rows[0][0]) if rows else None
+
     async def get(self, cid: str) -> ContinuationRow | None:
         rows = await self._rows(f"SELECT {_COLUMNS} FROM continuations WHERE id = ?", (cid,))
         return rows[0] if rows else None
@@ -276,6 +260,7 @@ class SQLiteStore:
             await db.execute("BEGIN IMMEDIATE")
             try:
                 await db.execute(f"DELETE FROM audit WHERE cid IN ({doomed})", params)
+                await db.execute("DELETE FROM call_results WHERE at < ?", (finished_before,))
                 cursor = await db.execute(
                     f"DELETE FROM continuations WHERE id IN ({doomed})", params
                 )
@@ -289,15 +274,13 @@ class SQLiteStore:
         return [_row(values) for values in await self._read(sql, params)]
 
 
-def _probe(path: str) -> None:
-    sqlite3.connect(path).close()
-
-
 def _row(values: Any) -> ContinuationRow:
     row = ContinuationRow(*values)
     row.chain = bytes(row.chain)
     row.error_chain = None if row.error_chain is None else bytes(row.error_chain)
     row.cancel_requested = bool(row.cancel_requested)
+    row.work = None if row.work is None else bytes(row.work)
+    row.outcome = None if row.outcome is None else bytes(row.outcome)
     return row
 
 
@@ -313,6 +296,10 @@ async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
     updates: list[tuple[Any, ...]] = []
     events: list[tuple[str, float, str, str | None]] = []
     cancels: list[tuple[Any, ...]] = []
+    waiters: list[tuple[str, str, str, str, float]] = []
+    signals: list[tuple[SignalSend, float]] = []
+    results: list[tuple[str, str, str, bytes, float]] = []
+    rewaits: list[tuple[str, float]] = []
     for commit in commits:
         b, i, now = commit.binding, commit.instance, commit.now
         for key, value in commit.writes.items():
@@ -321,17 +308,27 @@ async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
             inserts.append(
                 (new.id, new.binding, new.instance, new.strategy, new.chain, new.error_chain,
                  new.chain_text, new.error_chain_text, new.options, new.retry, new.due_at,
-                 new.due_at, now, now, new.key, new.cron, new.version)
+                 now if new.due_at is None else new.due_at, now, now, new.key, new.cron,
+                 new.version, new.phase, new.work,
+                 new.wait_name)
             )  # fmt: skip
+            if new.wait_name is not None:
+                waiters.append((new.id, new.binding, new.instance, new.wait_name, now))
         update = commit.update
         if update is not None:
             updates.append(
                 (update.status, update.due_at, update.scheduled_at, update.attempts,
                  update.last_error, update.last_traceback, update.finished_at,
-                 int(update.cancel_requested), now, update.id)
+                 int(update.cancel_requested), now, update.phase, update.outcome, update.id)
             )  # fmt: skip
             events.extend((update.id, now, event, detail) for event, detail in update.events)
+            if update.phase == "waiting" and update.status == "pending":
+                rewaits.append((update.id, now))
         cancels.extend((now, cid, b, i) for cid in commit.cancels)
+        signals.extend((signal, now) for signal in commit.signals)
+        if commit.call_result is not None:
+            results.append((b, i, *commit.call_result, now))
+        events.extend((cid, now, event, detail) for cid, event, detail in commit.notes)
     deletes = [key for key, value in state.items() if value is None]
     puts = [(*key, value) for key, value in state.items() if value is not None]
     if deletes:
@@ -348,6 +345,24 @@ async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
         await db.executemany(_UPDATE_CONTINUATION, updates)
     if inserts:
         await db.executemany(_INSERT_CONTINUATION, inserts)
+    if results:
+        await db.executemany(
+            "INSERT OR REPLACE INTO call_results (binding, instance, key, outcome, at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            results,
+        )
+    for cid, now in rewaits:
+        # A signal waiter waiting again (after a timeout, or a retry) takes what arrived
+        # in between, as a new waiter would.
+        sql = "SELECT binding, instance, wait_name FROM continuations WHERE id = ?"
+        async with db.execute(sql, (cid,)) as cursor:
+            found = await cursor.fetchone()
+        if found is not None and found[2] is not None:
+            waiters.append((cid, found[0], found[1], found[2], now))
+    for waiter in waiters:
+        await _take_buffered_signal(db, *waiter)
+    for signal, now in signals:
+        await _send_signal(db, signal, now)
     if events:
         await db.executemany(
             "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, ?, ?)", events
@@ -356,3 +371,45 @@ async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
         if cancels:
             times = 1 if statement.startswith("INSERT") else 2
             await db.executemany(statement, [(*(c[0],) * times, *c[1:]) for c in cancels])
+
+
+async def _take_buffered_signal(
+    db: aiosqlite.Connection, cid: str, binding: str, instance: str, name: str, now: float
+) -> None:
+    """A new signal continuation takes the oldest signal that arrived before it waited."""
+    sql = (
+        "SELECT seq, payload FROM signals INDEXED BY signals_waiting"
+        " WHERE binding = ? AND instance = ? AND name = ? ORDER BY seq LIMIT 1"
+    )
+    async with db.execute(sql, (binding, instance, name)) as cursor:
+        found = await cursor.fetchone()
+    if found is None:
+        return
+    await db.execute("DELETE FROM signals WHERE seq = ?", (found[0],))
+    await db.execute(_READY, (found[1], now, now, cid))
+    await db.execute(
+        "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, 'signal received', ?)",
+        (cid, now, f"{name!r}, sent before the wait began"),
+    )
+
+
+async def _send_signal(db: aiosqlite.Connection, signal: SignalSend, now: float) -> None:
+    """Deliver a signal to the oldest continuation waiting for it, or buffer it."""
+    sql = (
+        "SELECT id FROM continuations INDEXED BY continuations_signal WHERE binding = ?"
+        " AND instance = ? AND wait_name = ? AND status = 'pending' AND phase = 'waiting'"
+        " AND cancel_requested = 0 ORDER BY id LIMIT 1"
+    )
+    async with db.execute(sql, (signal.binding, signal.instance, signal.name)) as cursor:
+        found = await cursor.fetchone()
+    if found is None:
+        await db.execute(
+            "INSERT INTO signals (binding, instance, name, payload, at) VALUES (?, ?, ?, ?, ?)",
+            (signal.binding, signal.instance, signal.name, signal.payload, now),
+        )
+        return
+    await db.execute(_READY, (signal.payload, now, now, found[0]))
+    await db.execute(
+        "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, 'signal received', ?)",
+        (found[0], now, repr(signal.name)),
+    )

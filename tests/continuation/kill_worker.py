@@ -8,7 +8,9 @@ prints ``started``, ``committed N`` as fired turns become durable, ``scheduled``
 storage and writes it with the new continuations, so a restarted worker never schedules a
 batch twice. Each handler counts its own number under a storage key of its own (``bump:N``)
 and adds one to ``total``; every ``follow_every``-th also schedules a follow-up continuation
-(``follow:N``) in the same turn.
+(``follow:N``) in the same turn, by each strategy in turn: an alarm; a remote call to a
+``Bank`` actor, which counts the call under ``call:N`` in its own storage; or a signal wait,
+with the signal sent in the same turn.
 
 ``run_campaign`` starts the worker, SIGKILLs it at a random moment (during start-up, a random
 time after the system opened, or after a random number of durable firings), checks the
@@ -93,6 +95,22 @@ class Workload:
         ]
 
 
+FOLLOW_STRATEGIES = ("alarm", "remote-call", "signal")
+
+
+def follow_strategy(number: int, follow_every: int) -> str:
+    return FOLLOW_STRATEGIES[(number // follow_every) % len(FOLLOW_STRATEGIES)]
+
+
+class Bank(Actor):
+    """The target of the remote-call follow-ups: counts each call it runs."""
+
+    def record(self, number: int) -> int:
+        key = f"call:{number}"
+        self.storage.put(key, self.storage.get(key, 0) + 1)
+        return number
+
+
 class Tally(Actor):
     """Counts, per number, how many times its handler's effects were applied."""
 
@@ -115,11 +133,25 @@ class Tally(Actor):
         self._count(f"bump:{number}")
         if number % follow_every == 0:
             c = Continuation(self)
-            self.continue_(
-                c.follow(number, c.result), strategy="alarm", delay=0, key=f"follow:{number}"
-            )
+            key = f"follow:{number}"
+            strategy = follow_strategy(number, follow_every)
+            if strategy == "alarm":
+                self.continue_(c.follow(number, c.result), strategy="alarm", delay=0, key=key)
+            elif strategy == "remote-call":
+                bank = f"b{self.instance[1:]}"
+                call = Continuation(Bank).record(number)
+                self.continue_(
+                    c.follow(number, c.result), strategy="remote-call", binding="Bank",
+                    instance=bank, call=call, timeout=3600, key=key,
+                )  # fmt: skip
+            else:
+                name = f"go:{number}"
+                self.continue_(c.follow(number, c.result), strategy="signal", name=name, key=key)
+                self.signal("Tally", self.instance, name, number)
 
-    def follow(self, number: int, fired: AlarmInfo) -> None:
+    def follow(self, number: int, value: AlarmInfo | int) -> None:
+        if not isinstance(value, AlarmInfo) and value != number:
+            raise AssertionError(f"follow:{number} received {value!r}")
         self._count(f"follow:{number}")
 
     def _count(self, key: str) -> None:
@@ -140,7 +172,10 @@ async def work(database: str, workload: Workload) -> None:
         print(f"committed {durable}", flush=True)
 
     async with ActorSystem(
-        database, actors=[Tally], durability=workload.durability, batch_size=workload.fire_batch
+        database,
+        actors=[Tally, Bank],
+        durability=workload.durability,
+        batch_size=workload.fire_batch,
     ) as system:
         system.add_downstream_listener(delivered)
         print("started", flush=True)
@@ -203,7 +238,12 @@ def check_database(database: str, workload: Workload, *, final: bool) -> list[st
         stored = db.execute(
             "SELECT instance, key, value FROM actor_state WHERE binding = 'Tally'"
         ).fetchall()
+        calls = db.execute(
+            "SELECT instance, key, value FROM actor_state WHERE binding = 'Bank'"
+        ).fetchall()
     state = {(instance, key): codec.loads(value) for instance, key, value in stored}
+    # A remote call's effect on the Bank commits with its caller's stored result: once.
+    state.update({(f"t{i[1:]}", k): codec.loads(v) for i, k, v in calls})
     problems: list[str] = []
     statuses: dict[tuple[str, str], str] = {}
     for instance, key, status in rows:
@@ -240,6 +280,8 @@ def _check_actor(
                 if (statuses.get(bump) == "completed") != (follow in statuses):
                     problems.append(f"{instance}: follow:{number} and its parent disagree")
                 problems += _check_effect(follow, statuses, state, final=final)
+                if follow_strategy(number, workload.follow_every) == "remote-call":
+                    problems += _check_call(instance, number, statuses, state)
     completed = sum(
         1 for (owner, _), status in statuses.items() if owner == instance and status == "completed"
     )
@@ -247,6 +289,21 @@ def _check_actor(
     if total != completed:
         problems.append(f"{instance}: total is {total}, but {completed} continuations completed")
     return problems
+
+
+def _check_call(
+    instance: str,
+    number: int,
+    statuses: dict[tuple[str, str], str],
+    state: dict[tuple[str, str], Any],
+) -> list[str]:
+    """A remote call ran at most once, and surely once if its caller's handler ran."""
+    applied = state.get((instance, f"call:{number}"), 0)
+    if applied not in (0, 1):
+        return [f"{instance}: the call for follow:{number} ran {applied} times"]
+    if statuses.get((instance, f"follow:{number}")) == "completed" and applied != 1:
+        return [f"{instance}: follow:{number} completed, but its call never ran"]
+    return []
 
 
 def _check_effect(

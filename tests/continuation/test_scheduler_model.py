@@ -108,6 +108,9 @@ class KillableStore:
     async def next_due(self, *, skip: AbstractSet[str] = frozenset()) -> float | None:
         return await self._live().next_due(skip=skip)
 
+    async def waiting(self, strategies: Sequence[str]) -> list[ContinuationRow]:
+        return await self._live().waiting(strategies)
+
     async def get(self, cid: str) -> ContinuationRow | None:
         return await self._live().get(cid)
 
@@ -125,6 +128,9 @@ class KillableStore:
 
     async def audit(self, cid: str) -> list[AuditRow]:
         return await self._live().audit(cid)
+
+    async def call_result(self, binding: str, instance: str, key: str) -> bytes | None:
+        return await self._live().call_result(binding, instance, key)
 
     async def purge(self, *, finished_before: float, statuses: Sequence[str]) -> int:
         return await self._live().purge(finished_before=finished_before, statuses=statuses)

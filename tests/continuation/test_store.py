@@ -15,7 +15,8 @@ from continuation import (
     SchemaVersionError,
     StoreError,
 )
-from continuation._store.migrations import LATEST_VERSION
+from continuation._store.migrations import LATEST_VERSION, MIGRATIONS
+from operation_chain import Codec, chain_of
 from rpc._host import DownstreamMessage
 
 from .conftest import OpenSystem, hook_commits
@@ -29,6 +30,9 @@ class Notifier(Actor):
     def fire(self, info: AlarmInfo) -> None:
         self.storage.put("fired", info.id)
         self.send_downstream(["c1", "c2"], {"fired": info.id})
+
+    def storage_get(self, key: str) -> Any:
+        return self.storage.get(key)
 
     def notify(self, payload: Any, fail: bool = False) -> None:
         self.send_downstream("c1", payload)
@@ -50,6 +54,35 @@ async def test_reopening_does_not_migrate_twice(open_system: OpenSystem, db_path
     for _ in range(2):
         async with open_system(Notifier):
             pass
+    with sqlite3.connect(db_path) as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
+    assert versions == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_a_database_of_the_first_version_is_migrated_and_keeps_its_rows(
+    open_system: OpenSystem, db_path: str, clock: Any
+) -> None:
+    # What version 1 of the library wrote: its schema, and an alarm due in a second.
+    c = Continuation(Notifier)
+    chain = Codec(trusted=True).dumps(chain_of(c.fire(c.result)))
+    now = clock.now()
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in MIGRATIONS[0].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+        db.execute(
+            "INSERT INTO continuations (id, binding, instance, strategy, status, chain,"
+            " chain_text, options, due_at, scheduled_at, created_at, updated_at, version)"
+            " VALUES ('old-1', 'Notifier', 'n', 'alarm', 'pending', ?, 'fire(<result>)', '{}',"
+            " ?, ?, ?, ?, '1')",
+            (chain, now + 1, now + 1, now, now),
+        )
+    async with open_system(Notifier) as system:
+        await system.advance(1)
+        assert (await system.continuation("old-1")).status == ContinuationStatus.COMPLETED
+        assert await system.get(Notifier, "n").storage_get("fired") == "old-1"
     with sqlite3.connect(db_path) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
     assert versions == list(range(1, LATEST_VERSION + 1))

@@ -59,6 +59,7 @@ class FakeHost:
         *,
         principal: Any = None,
         policy: ExecutionPolicy | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         actor = self.actor(binding, instance)
         outbox: list[tuple[tuple[str, ...], Any]] = []

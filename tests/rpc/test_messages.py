@@ -41,7 +41,7 @@ odd_values = st.one_of(
     st.integers(-2, 2**54),
     st.sampled_from([1.0, 0.5, 2**53, 2**53 + 1, -1]),
     st.text(max_size=3),
-    st.sampled_from(["call", "subscribe", "", "x" * 1025]),
+    st.sampled_from(["call", "subscribe", "", "x" * 201, "x" * 1025]),
     st.lists(st.integers(-9, 9), max_size=2),
     st.dictionaries(st.sampled_from(["id", "chain", "v"]), st.integers(-9, 9), max_size=2),
 )
@@ -60,6 +60,7 @@ paths = st.sampled_from(
         ("batch", "calls", 0, "id"),
         ("batch", "calls", 0, "chain"),
         ("batch", "calls", 0, "reply"),
+        ("batch", "calls", 0, "key"),
         ("batch", "calls", 1, "extra"),
     ]
 )
@@ -111,6 +112,8 @@ def test_what_the_quick_reader_accepts_pydantic_accepts_alike(
         (("batch", "calls"), []),
         (("batch", "calls", 0), "call"),
         (("batch", "calls", 0, "reply"), 1),
+        (("batch", "calls", 0, "key"), ""),
+        (("batch", "calls", 0, "key"), 7),
         (("batch", "calls", 1, "extra"), 1),
     ],
 )
@@ -119,7 +122,13 @@ def test_the_quick_reader_declines_what_it_does_not_know(path: tuple[Any, ...], 
 
 
 def test_the_quick_reader_reads_the_common_shape() -> None:
-    assert read_call_frame(FRAME) == (7, "counter", "a", [(0, CHAIN, True), (1, {}, False)])
+    assert read_call_frame(FRAME) == (
+        7, "counter", "a", [(0, CHAIN, True, None), (1, {}, False, None)]
+    )  # fmt: skip
+    keyed = mutated(("batch", "calls", 0, "key"), "cid-1")
+    assert read_call_frame(keyed) == (
+        7, "counter", "a", [(0, CHAIN, True, "cid-1"), (1, {}, False, None)]
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
