@@ -56,6 +56,7 @@ class Scheduler:
         batch_size: int,
         housekeeping: Callable[[], object],
         dispatch: Callable[[ContinuationRow, int], None],
+        on_notice: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
         self._activations = activations
@@ -65,6 +66,7 @@ class Scheduler:
         self._batch_size = batch_size
         self._housekeeping = housekeeping
         self._dispatch = dispatch
+        self._on_notice = on_notice  # an outside timer's
         self._wake = asyncio.Event()
         self._next_due = math.inf
         self._max_in_flight = 4 * batch_size
@@ -77,6 +79,8 @@ class Scheduler:
 
     def notice(self, due: float) -> None:
         """Something is now due at ``due``: wake the loop if that is sooner than it waits for."""
+        if self._on_notice is not None:
+            self._on_notice(due)
         if due < self._next_due:
             self._next_due = due
             self._wake.set()

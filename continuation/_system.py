@@ -178,6 +178,7 @@ class ActorSystem:
             batch_size=self._batch_size,
             housekeeping=self._housekeeping,
             dispatch=self._dispatch_row,
+            on_notice=None if self._timer is None else self._timer.notice,
         )
         self._dispatcher = Dispatcher(
             store=self._store,

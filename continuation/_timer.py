@@ -21,6 +21,11 @@ class Timer(Protocol):
         """Attach to ``system`` (already open) and start watching its due times."""
         ...
 
+    def notice(self, due: float) -> None:
+        """Something is due at ``due`` (epoch seconds): every due time the scheduler hears
+        of (new, retried, cancelled, signalled) is told here too."""
+        ...
+
     async def aclose(self) -> None:
         """Stop; called when the system closes, before its store does."""
         ...

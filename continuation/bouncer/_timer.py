@@ -174,16 +174,6 @@ class BouncerTimer:
             rng=self._rng,
             name="bouncer report",
         )
-        scheduler = system._scheduler
-        told = scheduler.notice
-
-        def notice(due: float) -> None:
-            told(due)
-            self.notice(due)
-
-        # Every due time the scheduler hears of (new, retried, cancelled, signalled) reaches
-        # the timer too, without the system knowing which timer it has.
-        scheduler.notice = notice  # type: ignore[method-assign]
         due = await system._store.next_due()
         if due is not None:
             self.notice(due)
