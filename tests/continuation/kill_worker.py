@@ -9,8 +9,9 @@ storage and writes it with the new continuations, so a restarted worker never sc
 batch twice. Each handler counts its own number under a storage key of its own (``bump:N``)
 and adds one to ``total``; every ``follow_every``-th also schedules a follow-up continuation
 (``follow:N``) in the same turn, by each strategy in turn: an alarm; a remote call to a
-``Bank`` actor, which counts the call under ``call:N`` in its own storage; or a signal wait,
-with the signal sent in the same turn.
+``Bank`` actor, which counts the call under ``call:N`` in its own storage; a signal wait,
+with the signal sent in the same turn; or a proxy-fetch from a small HTTP server the harness
+runs (``--fetch-url``).
 
 ``run_campaign`` starts the worker, SIGKILLs it at a random moment (during start-up, a random
 time after the system opened, or after a random number of durable firings), checks the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.server
 import os
 import queue
 import random
@@ -35,12 +37,19 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, ClassVar, Literal
 
-from continuation import Actor, ActorSystem, AlarmInfo, Continuation
+from continuation import (
+    Actor,
+    ActorSystem,
+    AlarmInfo,
+    Continuation,
+    FetchRequest,
+    FetchResponse,
+)
 from operation_chain import Codec
 from rpc._host import DownstreamMessage
 
@@ -95,7 +104,7 @@ class Workload:
         ]
 
 
-FOLLOW_STRATEGIES = ("alarm", "remote-call", "signal")
+FOLLOW_STRATEGIES = ("alarm", "remote-call", "signal", "proxy-fetch")
 
 
 def follow_strategy(number: int, follow_every: int) -> str:
@@ -113,6 +122,8 @@ class Bank(Actor):
 
 class Tally(Actor):
     """Counts, per number, how many times its handler's effects were applied."""
+
+    fetch_url: ClassVar[str] = ""  # the harness's HTTP server, which answers N at /N
 
     def schedule_batch(self, batch: int, numbers: list[int], follow_every: int) -> bool:
         marker = f"batch:{batch}"
@@ -144,12 +155,20 @@ class Tally(Actor):
                     c.follow(number, c.result), strategy="remote-call", binding="Bank",
                     instance=bank, call=call, timeout=3600, key=key,
                 )  # fmt: skip
-            else:
+            elif strategy == "signal":
                 name = f"go:{number}"
                 self.continue_(c.follow(number, c.result), strategy="signal", name=name, key=key)
                 self.signal("Tally", self.instance, name, number)
+            else:
+                request = FetchRequest(url=f"{self.fetch_url}/{number}")
+                self.continue_(
+                    c.follow(number, c.result), strategy="proxy-fetch", request=request,
+                    timeout=3600, key=key,
+                )  # fmt: skip
 
-    def follow(self, number: int, value: AlarmInfo | int) -> None:
+    def follow(self, number: int, value: AlarmInfo | int | FetchResponse) -> None:
+        if isinstance(value, FetchResponse):
+            value = int(value.text) if value.ok else -1
         if not isinstance(value, AlarmInfo) and value != number:
             raise AssertionError(f"follow:{number} received {value!r}")
         self._count(f"follow:{number}")
@@ -203,7 +222,9 @@ def main() -> None:
     parser.add_argument("--follow-every", type=int, default=Workload.follow_every)
     parser.add_argument("--durability", choices=["full", "normal"], default="full")
     parser.add_argument("--fire-batch", type=int, default=Workload.fire_batch)
+    parser.add_argument("--fetch-url", required=True, help="the harness's number server")
     args = parser.parse_args()
+    Tally.fetch_url = args.fetch_url
     workload = Workload(
         args.actors,
         args.per_actor,
@@ -345,10 +366,12 @@ class Campaign:
 class _Worker:
     """One worker process, its stdout read into a queue by a thread."""
 
-    def __init__(self, database: str, workload: Workload, stderr: IO[bytes]) -> None:
+    def __init__(
+        self, database: str, workload: Workload, stderr: IO[bytes], fetch_url: str
+    ) -> None:
         command = [sys.executable, "-m", "tests.continuation.kill_worker", database]
         self.process = subprocess.Popen(
-            [*command, *workload.arguments()],
+            [*command, *workload.arguments(), f"--fetch-url={fetch_url}"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -428,6 +451,32 @@ class _KillPlan:
         return worker.committed >= self.firings
 
 
+@contextlib.contextmanager
+def _number_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1, in a thread, answering ``GET /N`` with ``N``: what the
+    workers' proxy-fetches ask for."""
+
+    class Numbers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = self.path.strip("/").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Numbers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def run_campaign(
     database: str,
     workload: Workload,
@@ -450,7 +499,7 @@ def run_campaign(
     campaign = Campaign(seed=seed)
     started = time.monotonic()
     log = Path(f"{database}.stderr")
-    with open(log, "wb") as stderr:
+    with open(log, "wb") as stderr, _number_server() as fetch_url:
         while campaign.kills < min_kills:
             # Share what is left among the runs still to come, the last one unkilled, so the
             # kills spread over the whole work and cannot run out before it is done. A kill
@@ -458,7 +507,7 @@ def run_campaign(
             left = workload.continuations - sum(campaign.committed_before_kill)
             share = left // (min_kills - campaign.kills + 1) - 2 * workload.fire_batch
             plan = _KillPlan.draw(rng, max_delay=max_kill_delay, cap=max(1, share))
-            worker = _Worker(database, workload, stderr)
+            worker = _Worker(database, workload, stderr, fetch_url)
             campaign.runs += 1
             if not _run_until(worker, plan.due, run_timeout):
                 _finished(worker, log, seed)
@@ -472,7 +521,7 @@ def run_campaign(
                 where = f"seed {seed}: after kill {campaign.kills} ({worker.phase})"
                 raise AssertionError(f"{where}: " + "; ".join(problems[:10]))
         else:
-            worker = _Worker(database, workload, stderr)
+            worker = _Worker(database, workload, stderr, fetch_url)
             campaign.runs += 1
             _run_until(worker, lambda worker: False, run_timeout)
             _finished(worker, log, seed)
