@@ -53,14 +53,30 @@ class Job:
     work: bytes
     options: str
     retry: str | None
+    row: ContinuationRow | None = None  # the row as committed, when that is known
 
     @classmethod
-    def of_new(cls, new: NewContinuation) -> Job | None:
-        """The job of a continuation just committed, if its strategy sends work."""
+    def of_new(cls, new: NewContinuation, now: float) -> Job | None:
+        """The job of a continuation just committed at ``now``, if its strategy sends work.
+
+        It carries the row as it was inserted, so the outcome's update needs no read of it:
+        should the row have changed since, the update's fence refuses it.
+        """
         if new.strategy not in DISPATCHED or new.work is None:
             return None
+        row = ContinuationRow(
+            id=new.id, binding=new.binding, instance=new.instance, strategy=new.strategy,
+            status="pending", chain=new.chain, error_chain=new.error_chain,
+            chain_text=new.chain_text, error_chain_text=new.error_chain_text,
+            options=new.options, retry=new.retry, due_at=new.due_at,
+            scheduled_at=now if new.due_at is None else new.due_at, attempts=0,
+            last_error=None, last_traceback=None, created_at=now, updated_at=now,
+            finished_at=None, key=new.key, cron=new.cron, version=new.version,
+            cancel_requested=False, revision=0, phase=new.phase, work=new.work,
+            wait_name=new.wait_name,
+        )  # fmt: skip
         return cls(new.id, 0, new.binding, new.instance, new.strategy, new.work, new.options,
-                   new.retry)  # fmt: skip
+                   new.retry, row)  # fmt: skip
 
     @classmethod
     def of_row(cls, row: ContinuationRow, revision: int) -> Job | None:
@@ -249,7 +265,7 @@ class Dispatcher:
 
     async def _waiting_row(self, job: Job) -> ContinuationRow | None:
         """The job's row if it still waits for this job's outcome; else note why not."""
-        row = await self._store.get(job.id)
+        row = job.row if job.row is not None else await self._store.get(job.id)
         if row is not None and row.revision == job.revision and row.phase == "waiting":
             return row
         await self._note_late(job, "the continuation no longer waits for it")

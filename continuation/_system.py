@@ -527,7 +527,7 @@ class ActorSystem:
                     self._scheduler.notice(new.due_at)
                 if new.wait_name is not None:  # it may have taken a buffered signal
                     self._scheduler.notice(commit.now)
-                job = Job.of_new(new)
+                job = Job.of_new(new, commit.now)
                 if job is not None:
                     self._dispatcher.dispatch(job)
             if commit.cancels or commit.signals:
