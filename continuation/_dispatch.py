@@ -126,9 +126,6 @@ class Dispatcher:
         self._queue: dict[str, Job] = {}  # waiting for a free task, in dispatch order
         self._closed = False
 
-    def __len__(self) -> int:
-        return len(self._tasks) + len(self._queue)
-
     @property
     def fetcher(self) -> FetchDispatcher:
         """The proxy-fetch dispatcher, made on first use."""

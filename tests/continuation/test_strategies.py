@@ -613,3 +613,26 @@ async def test_actor_signal_checks_where_it_goes(open_system: OpenSystem) -> Non
             await system.get(Sender, "s").send("Nobody", "o-1")
         with pytest.raises(InvalidArgumentError, match="instance"):
             await system.get(Sender, "s").send("Orders", "")
+
+
+async def test_work_beyond_the_running_limit_waits_its_turn(
+    open_system: OpenSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from continuation import _dispatch
+
+    monkeypatch.setattr(_dispatch, "MAX_RUNNING", 2)
+    gate = GATE["queue"] = asyncio.Event()
+    async with open_system(Orders, Billing) as system:
+        orders = system.get(Orders, "o-1")
+        cids = [await orders.pay(n, method="slow_charge", instance="queue") for n in (1, 2, 3, 4)]
+        await asyncio.sleep(0)
+        dispatcher = system._dispatcher
+        assert (len(dispatcher._tasks), list(dispatcher._queue)) == (2, cids[2:])
+        await orders.cancel(cids[3])  # a queued job is dropped, never sent
+        assert list(dispatcher._queue) == cids[2:3]
+        gate.set()
+        await system.drain()
+        log = await log_of(system)
+        assert log[0][1] == "ContinuationCancelled"  # delivered at once, before the gate opened
+        assert [entry[1] for entry in log[1:]] == ["receipt-1", "receipt-2", "receipt-3"]
+        assert await system.get(Billing, "queue").total() == 6
