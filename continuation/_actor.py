@@ -112,10 +112,9 @@ class Actor:
         ``c.result``; with none waiting, the signal is kept for the next one that waits.
 
         Raises:
-            InvalidArgumentError: an empty name, or one over 200 characters.
+            UnknownActorError: ``binding`` is not an actor class of this system.
+            InvalidArgumentError: a bad instance id, or a name empty or over 200 characters.
         """
-        if not isinstance(binding, str) or not isinstance(instance, str):
-            raise TypeError("binding and instance must be str")
         slot = self._actor_slot
         self._turn().signals.append(signal_send(slot.runtime, binding, instance, name, payload))
 

@@ -123,6 +123,7 @@ class Dispatcher:
         self._make_fetcher = fetcher
         self._fetcher: FetchDispatcher | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._fetches: set[str] = set()  # ids of the running jobs an abort may stop
         self._queue: dict[str, Job] = {}  # waiting for a free task, in dispatch order
         self._closed = False
 
@@ -145,6 +146,8 @@ class Dispatcher:
     def _start(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"work-{job.id}")
         self._tasks[job.id] = task
+        if job.strategy == "proxy-fetch":
+            self._fetches.add(job.id)
         task.add_done_callback(lambda _: self._forget(job.id, task))
 
     async def resume(self) -> int:
@@ -162,9 +165,8 @@ class Dispatcher:
         stopped waiting."""
         if self._queue.pop(cid, None) is not None:
             return  # never started
-        task = self._tasks.get(cid)
-        if task is not None and task.get_name().startswith("fetch-"):
-            task.cancel()
+        if cid in self._fetches:
+            self._tasks[cid].cancel()
 
     async def settle(self) -> bool:
         """Wait until no job is out (queued ones included); whether there were any."""
@@ -188,6 +190,7 @@ class Dispatcher:
     def _forget(self, cid: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(cid) is task:
             del self._tasks[cid]
+            self._fetches.discard(cid)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("the work of continuation %s failed unexpectedly", cid, exc_info=exc)
         if self._queue and not self._closed:
@@ -196,9 +199,6 @@ class Dispatcher:
 
     async def _run(self, job: Job) -> None:
         if job.strategy == "proxy-fetch":
-            task = asyncio.current_task()
-            assert task is not None
-            task.set_name(f"fetch-{job.id}")
             outcome = await self._fetch(job)
             await self._store_outcome(job, outcome)
             return

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from operation_chain import decode
-from rpc import HttpTransport, RpcRequest, Transport, TransportError, WebSocketTransport
-from rpc._batch import chain_form
-from rpc._messages import WIRE_VERSION
+from rpc import HttpTransport, Transport, WebSocketTransport
+from rpc._single import call_once
 
 from ._errors import InvalidArgumentError
 from ._work import Outcome, RemoteCall
@@ -45,29 +43,16 @@ class Remotes:
         return binding in self._routes
 
     async def call(self, work: RemoteCall, *, key: str) -> Outcome:
-        """Run ``work`` on its host; its value or exception (transport failures included)."""
-        payload = {
-            "v": WIRE_VERSION,
-            "calls": [{"id": 0, "chain": chain_form(work.call), "key": key}],
-        }
-        request = RpcRequest(work.binding, work.instance, payload)
+        """Run ``work`` on its host; its value or exception (transport failures and the
+        host's refusals included)."""
+        transport = self._transport(work.binding)
         try:
-            response = await self._transport(work.binding).handle_async_request(request)
-            if response.status != 200:
-                error = response.payload.get("error", {})
-                raise TransportError(
-                    f"the host of {work.binding!r} refused the call with status"
-                    f" {response.status}: {error.get('message', error)}"
-                )
-            (result,) = response.payload["results"]
-            if "ok" in result:
-                return "ok", decode(result["ok"])
-            error = decode(result["error"])
+            value = await call_once(
+                transport, work.binding, work.instance, work.call, idempotency_key=key
+            )
         except Exception as exc:
             return "error", exc
-        if isinstance(error, BaseException):
-            return "error", error
-        return "error", TransportError(f"the host sent a non-exception error: {error!r}")
+        return "ok", value
 
     async def aclose(self) -> None:
         transports, self._transports = list(self._transports.values()), {}

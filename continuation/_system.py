@@ -41,10 +41,10 @@ from ._records import ContinuationInfo, ContinuationStatus
 from ._ref import ActorRef
 from ._remote import Remotes
 from ._scheduler import Scheduler
-from ._store.base import Commit, ContinuationRow, RowUpdate, SignalSend, Store
+from ._store.base import Commit, ContinuationRow, RowUpdate, Store
 from ._store.sqlite import SQLiteStore
 from ._timer import Timer
-from ._turn import ActorSlot, Runtime, TurnBuffer, current_turn, signal_send
+from ._turn import ActorSlot, Runtime, TurnBuffer, check_instance, current_turn, signal_send
 from ._work import Outcome, RemoteCall, decode_outcome, encode_outcome
 
 logger = logging.getLogger("continuation")
@@ -239,7 +239,7 @@ class ActorSystem:
     def get(self, actor: type[Actor] | str, instance: str) -> ActorRef:
         """A reference to one actor; its awaited method calls run as turns."""
         cls = self._class_of(actor)
-        _check_instance(instance)
+        check_instance(instance)
         return ActorRef(self, cls.binding, instance)
 
     def has_binding(self, binding: str) -> bool:
@@ -269,7 +269,7 @@ class ActorSystem:
         """
         self._running()
         cls = self._class_of(binding)
-        _check_instance(instance)
+        check_instance(instance)
         if not isinstance(chain, OperationChain):
             raise TypeError(f"chain must be an OperationChain, not {type(chain).__name__}")
         if idempotency_key is not None and not isinstance(idempotency_key, str):
@@ -370,18 +370,13 @@ class ActorSystem:
             InvalidArgumentError: an empty name, or one over 200 characters.
         """
         self._running()
-        send = self._signal_send(binding, instance, name, payload)
+        send = signal_send(self._runtime, binding, instance, name, payload)
         running = current_turn.get()
         if running is not None and running[0] is self and running[1].turn is not None:
             running[1].turn.signals.append(send)
             return
         commit = Commit(binding, instance, self._clock.now(), signals=[send], standalone=True)
         await self._committer.submit(commit, None)
-
-    def _signal_send(self, binding: str, instance: str, name: str, payload: Any) -> SignalSend:
-        self._class_of(binding)
-        _check_instance(instance)
-        return signal_send(self._runtime, binding, instance, name, payload)
 
     def add_downstream_listener(self, listener: DownstreamListener) -> Callable[[], None]:
         """Call ``listener`` with every downstream message once its turn has committed."""
@@ -609,13 +604,6 @@ def _registry(actors: Iterable[type[Actor]]) -> dict[str, type[Actor]]:
             raise InvalidArgumentError(f"two actor classes use the binding {cls.binding!r}")
         classes[cls.binding] = cls
     return classes
-
-
-def _check_instance(instance: object) -> None:
-    if not isinstance(instance, str):
-        raise TypeError(f"actor instance ids are str, not {type(instance).__name__}")
-    if not instance or len(instance) > 512:
-        raise InvalidArgumentError("actor instance ids are 1 to 512 characters")
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:

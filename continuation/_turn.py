@@ -121,14 +121,23 @@ current_turn: contextvars.ContextVar[tuple[object, ActorSlot] | None] = contextv
 """The system and actor slot of the call turn running in this task, if one is."""
 
 
+def check_instance(instance: object) -> None:
+    """Refuse what cannot be an actor's instance id."""
+    if not isinstance(instance, str):
+        raise TypeError(f"actor instance ids are str, not {type(instance).__name__}")
+    if not instance or len(instance) > 512:
+        raise InvalidArgumentError("actor instance ids are 1 to 512 characters")
+
+
 def signal_send(
     runtime: Runtime, binding: str, instance: str, name: str, payload: Any
 ) -> SignalSend:
     """A signal checked and encoded (a copy is taken now), ready to commit."""
+    if not isinstance(binding, str):
+        raise TypeError(f"bindings are str, not {type(binding).__name__}")
     if binding not in runtime.actors:
         raise UnknownActorError(f"no actor class is registered for binding {binding!r}")
-    if not isinstance(instance, str) or not instance:
-        raise InvalidArgumentError(f"instance must be a non-empty str, not {instance!r}")
+    check_instance(instance)
     if not isinstance(name, str) or not 0 < len(name) <= 200:
         raise InvalidArgumentError(f"a signal name is a str of 1 to 200 characters, not {name!r}")
     # Stored as the waiter's outcome, in the form every strategy's outcome has.

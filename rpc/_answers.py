@@ -44,6 +44,21 @@ _REJECTIONS: dict[str, type[RequestRejectedError]] = {
 }
 
 
+def settle_answer(plan: Plan, answer: RpcResponse | Exception) -> list[PendingCall]:
+    """Settle the calls of ``plan`` with ``answer``; return those to send again (after a
+    refusal that concerned only others). Raises what failed the whole request."""
+    if isinstance(answer, Exception):
+        raise answer
+    if answer.status >= 500:
+        raise TransportError(
+            f"the server failed with status {answer.status}: {str(answer.payload)[:200]}"
+        )
+    if answer.status == 200:
+        settle_results(plan, answer)
+        return []
+    return settle_refusal(plan, answer)
+
+
 def settle_error(call: PendingCall, error: BaseException) -> None:
     if not call.future.done():
         call.future.set_exception(error)

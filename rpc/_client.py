@@ -20,9 +20,9 @@ from typing import Any
 
 from operation_chain import OperationProxy, chain_of
 
-from ._answers import settle_error, settle_refusal, settle_results
+from ._answers import settle_answer, settle_error
 from ._batch import PendingCall, Plan, plan_batch
-from ._errors import ClientClosedError, RpcTimeoutError, TransportError
+from ._errors import ClientClosedError, RpcTimeoutError
 from ._host import DownstreamMessage
 from ._transports.base import RpcRequest, RpcResponse, Transport
 
@@ -243,7 +243,7 @@ class RpcClient:
             return  # nobody waits: the batch timed out, or the client closed
         batch.request, batch.stop = None, _nothing
         try:
-            again = _settle(plan, answer)
+            again = settle_answer(plan, answer)
         except Exception as exc:  # the request failed, or its answer cannot be read
             again = []
             for group in plan.waiting.values():
@@ -357,20 +357,6 @@ class _Batch:
         stop = self.stop
         self.request, self.stop = None, _nothing
         stop()
-
-
-def _settle(plan: Plan, answer: RpcResponse | Exception) -> list[PendingCall]:
-    """Settle the calls of ``plan`` with ``answer``; return those to send again."""
-    if isinstance(answer, Exception):
-        raise answer
-    if answer.status >= 500:
-        raise TransportError(
-            f"the server failed with status {answer.status}: {str(answer.payload)[:200]}"
-        )
-    if answer.status == 200:
-        settle_results(plan, answer)
-        return []
-    return settle_refusal(plan, answer)
 
 
 def create_rpc_client(

@@ -21,7 +21,7 @@ from continuation import (
 from continuation._remote import Remotes
 from continuation._work import RemoteCall
 from operation_chain import chain_of
-from rpc import HttpTransport, create_rpc_client
+from rpc import BindingNotFoundError, HttpTransport, create_rpc_client
 
 from .billing_host import Billing
 from .conftest import free_port
@@ -121,3 +121,14 @@ def test_remote_urls_are_checked() -> None:
         Remotes({"Billing": "ftp://host/rpc"})
     with pytest.raises(TypeError, match="remotes must map"):
         Remotes({"Billing": 1})  # type: ignore[dict-item]
+
+
+async def test_a_call_the_host_refuses_is_a_typed_error(billing_url: str) -> None:
+    remotes = Remotes({"Nobody": f"http://{billing_url}"})
+    work = RemoteCall("Nobody", "acme", chain_of(Continuation(Billing).charge(5)))
+    try:
+        kind, error = await remotes.call(work, key="k")
+    finally:
+        await remotes.aclose()
+    assert kind == "error"
+    assert isinstance(error, BindingNotFoundError)
