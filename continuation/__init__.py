@@ -24,6 +24,7 @@ from ._actor import Actor
 from ._clock import Clock, ManualClock, SystemClock
 from ._continuation import Continuation
 from ._errors import (
+    ActorUnavailableError,
     CommitError,
     ContinuationCancelled,
     ContinuationChainError,
@@ -32,6 +33,7 @@ from ._errors import (
     ContinuationOptionsError,
     ContinuationStateError,
     InvalidArgumentError,
+    LeaseLostError,
     OutsideTurnError,
     SchemaVersionError,
     StoreError,
@@ -52,6 +54,7 @@ __all__ = [
     "ActorRef",
     "ActorStorage",
     "ActorSystem",
+    "ActorUnavailableError",
     "AlarmInfo",
     "AlarmOptions",
     "AuditEvent",
@@ -71,6 +74,7 @@ __all__ = [
     "FetchRequest",
     "FetchResponse",
     "InvalidArgumentError",
+    "LeaseLostError",
     "ManualClock",
     "OutsideTurnError",
     "ProxyFetchOptions",

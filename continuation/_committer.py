@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from rpc._host import DownstreamMessage
 
-from ._errors import CommitError, StoreError, SystemClosedError
-from ._store.base import Commit, Store
+from ._errors import CommitError, LeaseLostError, StoreError, SystemClosedError
+from ._store.base import Commit, Refusal, Store
 from ._turn import ActorSlot
 
 logger = logging.getLogger("continuation")
@@ -114,11 +114,8 @@ class Committer:
                 return
             self._fail(live[0], _commit_error(exc))
             return
-        for index in refused:
-            self._fail(live[index], CommitError(
-                "the continuation this turn fired was changed by someone else (cancelled or"
-                " retried, perhaps from another process) before the turn could commit"
-            ))  # fmt: skip
+        for index, reason in refused.items():
+            self._fail(live[index], _refusal_error(reason))
         done = [p for i, p in enumerate(live) if i not in refused]
         self._on_committed(done)
         for pending in done:
@@ -132,6 +129,18 @@ class Committer:
             pending.future.set_exception(error)
             # A firing's failure is handled by the scheduler; nobody else may be waiting.
             pending.future.add_done_callback(_consume)
+
+
+def _refusal_error(reason: Refusal) -> CommitError:
+    if reason is Refusal.LEASE_LOST:
+        return LeaseLostError(
+            "this host no longer holds the actor's lease (it expired while the host stalled,"
+            " or another host took the actor over), so the turn's effects were not applied"
+        )
+    return CommitError(
+        "the continuation this turn fired was changed by someone else (cancelled or"
+        " retried, perhaps from another process) before the turn could commit"
+    )
 
 
 def _commit_error(exc: Exception) -> CommitError:

@@ -11,7 +11,9 @@ ContinuationError
 ├── ContinuationCancelled                 delivered to an error chain on cancellation
 ├── OutsideTurnError                      a turn-only action (a storage write) outside a turn
 ├── CommitError                           a turn's effects could not be committed
-├── StoreError                            the database failed (wraps aiosqlite errors)
+│   └── LeaseLostError                    the host lost the actor's lease during the turn
+├── ActorUnavailableError                 the host holding an actor's lease cannot be reached
+├── StoreError                            the database failed (wraps the driver's errors)
 │   └── SchemaVersionError                the database was written by a newer version
 ├── SystemClosedError                     the ActorSystem is closed or not started
 └── FetchError                            a proxy-fetch got no final response (in _fetch)
@@ -70,6 +72,16 @@ class OutsideTurnError(ContinuationError):
 
 class CommitError(ContinuationError):
     """A turn ran but its effects could not be made durable; none of them happened."""
+
+
+class LeaseLostError(CommitError):
+    """The turn ran under a lease on its actor that expired (the host stalled past it) or
+    that another host took over; the database refused its effects."""
+
+
+class ActorUnavailableError(ContinuationError):
+    """The actor is leased by another host that could not be reached, and its lease did not
+    expire in time for this host to take the actor over."""
 
 
 class StoreError(ContinuationError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -103,6 +104,24 @@ class SignalSend:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The lease a host holds on an actor: only a commit under the current epoch of a lease
+    that has not expired is accepted (the fence against a host that stalled past it)."""
+
+    host: str
+    epoch: int
+
+
+class Refusal(StrEnum):
+    """Why ``Store.apply`` left a turn out."""
+
+    CHANGED = "changed"
+    """A continuation the turn updates changed since it was read."""
+    LEASE_LOST = "lease lost"
+    """The turn ran under a lease that expired or that another host has taken since."""
+
+
 @dataclass(slots=True)
 class Commit:
     """Everything one turn changes; applied whole or not at all.
@@ -120,6 +139,8 @@ class Commit:
         standalone: no later turn builds on this commit (it only stores a strategy's
             outcome, say), so refusing it refuses nothing else of its actor.
         call_result: ``(idempotency key, encoded outcome)`` of the call this turn answered.
+        lease: the lease the turn ran under; ``None`` for a commit that needs none (a single
+            host, or one that only changes continuation rows, fenced by their revisions).
     """
 
     binding: str
@@ -133,6 +154,7 @@ class Commit:
     notes: list[tuple[str, str, str | None]] = field(default_factory=list)
     standalone: bool = False
     call_result: tuple[str, bytes] | None = None
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +177,10 @@ class Store(Protocol):
         """Close; idempotent."""
         ...
 
-    async def apply(self, commits: Sequence[Commit]) -> set[int]:
-        """Commit the turns in one transaction; return the indexes of turns refused because a
-        continuation they update changed since it was read (their effects are left out)."""
+    async def apply(self, commits: Sequence[Commit]) -> dict[int, Refusal]:
+        """Commit the turns in one transaction; return the indexes of the turns refused, and
+        why (their effects are left out). A turn after a refused one of the same actor is
+        refused too, unless the refused one is ``standalone``."""
         ...
 
     async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 import aiosqlite
 
 from .._errors import StoreError
-from .base import AuditRow, Commit, ContinuationRow, SignalSend
+from .base import AuditRow, Commit, ContinuationRow, Refusal, SignalSend
 from .connect import open_sqlite
 from .migrations import MIGRATIONS
 
@@ -123,7 +123,7 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"database error: {exc}") from exc
 
-    async def apply(self, commits: Sequence[Commit]) -> set[int]:
+    async def apply(self, commits: Sequence[Commit]) -> dict[int, Refusal]:
         async with self._connection() as db:
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -134,7 +134,7 @@ class SQLiteStore:
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
-        return refused
+        return dict.fromkeys(refused, Refusal.CHANGED)
 
     async def _fence(self, db: aiosqlite.Connection, commits: Sequence[Commit]) -> set[int]:
         expected = {c.update.id: i for i, c in enumerate(commits) if c.update is not None}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from continuation import Actor, ActorSystem, ManualClock
-from continuation._store.base import Commit
+from continuation._store.base import Commit, Refusal
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -25,7 +25,7 @@ def hook_commits(monkeypatch: pytest.MonkeyPatch, system: ActorSystem, hook: Com
     original = store.apply
     calls = 0
 
-    async def apply(commits: Sequence[Commit]) -> set[int]:
+    async def apply(commits: Sequence[Commit]) -> dict[int, Refusal]:
         nonlocal calls
         calls += 1
         hook(commits, calls)

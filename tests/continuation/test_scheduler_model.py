@@ -43,7 +43,7 @@ from continuation import (
     RetryPolicy,
     StoreError,
 )
-from continuation._store.base import AuditRow, Commit, ContinuationRow, Store
+from continuation._store.base import AuditRow, Commit, ContinuationRow, Refusal, Store
 
 from .conftest import START, OpenSystem
 
@@ -91,7 +91,7 @@ class KillableStore:
     async def close(self) -> None:
         await self._inner.close()
 
-    async def apply(self, commits: Sequence[Commit]) -> set[int]:
+    async def apply(self, commits: Sequence[Commit]) -> dict[int, Refusal]:
         return await self._live().apply(commits)
 
     async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
