@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from ._actor import ACTIVATING
+from ._leases import LeasedElsewhere, LeaseKeeper
 from ._store.base import Store
 from ._turn import ActorSlot, Runtime
 
@@ -23,11 +24,15 @@ class Activations:
     A turn takes its actor's slot synchronously, then waits on the slot's lock, so turns of
     one actor run one at a time in the order they were started. The state is loaded by the
     first turn, after any commit of a previous activation of the same actor is durable.
+
+    With ``leases`` (hosts sharing a database), activating takes the actor's lease first,
+    and a slot whose lease this host no longer holds is loaded again under a new one.
     """
 
-    def __init__(self, store: Store, runtime: Runtime) -> None:
+    def __init__(self, store: Store, runtime: Runtime, leases: LeaseKeeper | None = None) -> None:
         self._store = store
         self._runtime = runtime
+        self._leases = leases
         self._slots: dict[ActorKey, ActorSlot] = {}
         self._tails: dict[ActorKey, asyncio.Future[None]] = {}
 
@@ -42,7 +47,11 @@ class Activations:
     async def turn(
         self, cls: type[Actor], instance: str, *, activate: bool = True
     ) -> AsyncIterator[ActorSlot]:
-        """Hold the actor's turn lock, activating it first unless ``activate`` is false."""
+        """Hold the actor's turn lock, activating it first unless ``activate`` is false.
+
+        Raises:
+            LeasedElsewhere: another host holds the actor (when activating).
+        """
         key = (cls.binding, instance)
         while True:
             slot = self._slots.get(key)
@@ -54,7 +63,11 @@ class Activations:
                     if slot.lost:
                         continue
                     if activate:
-                        await self.activate(slot)
+                        try:
+                            await self.activate(slot)
+                        except LeasedElsewhere:
+                            self.lose(slot)
+                            raise
                     slot.last_used = self._runtime.clock.now()
                     yield slot
                     return
@@ -64,6 +77,14 @@ class Activations:
     async def activate(self, slot: ActorSlot) -> None:
         """Load the actor's state (once) and create its object (after a turn discarded it)."""
         key = (slot.binding, slot.instance)
+        if self._leases is not None and (
+            slot.lease is None or self._leases.lease(key) != slot.lease
+        ):
+            # Another host may have run the actor since this one last held it: reload.
+            slot.lease = None
+            slot.loaded = False
+            slot.actor = None
+            slot.lease = await self._leases.acquire(*key)
         if not slot.loaded:
             tail = self._tails.get(key)
             if tail is not None:
@@ -102,8 +123,15 @@ class Activations:
         if self._slots.get(key) is slot:
             del self._slots[key]
 
-    def evict_idle(self, now: float, idle_timeout: float) -> int:
-        """Evict actors unused for ``idle_timeout`` seconds; return how many."""
+    def forget(self, key: ActorKey) -> None:
+        """Drop an idle actor from memory (its lease is gone); a busy one reloads on its next
+        turn anyway."""
+        slot = self._slots.get(key)
+        if slot is not None and slot.users == 0 and key not in self._tails:
+            self.lose(slot)
+
+    def evict_idle(self, now: float, idle_timeout: float) -> list[ActorKey]:
+        """Evict actors unused for ``idle_timeout`` seconds; return which."""
         idle = [
             key
             for key, slot in self._slots.items()
@@ -111,4 +139,4 @@ class Activations:
         ]
         for key in idle:
             self._slots.pop(key).lost = True
-        return len(idle)
+        return idle

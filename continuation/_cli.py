@@ -1,10 +1,11 @@
-"""The command line: ``python -m continuation COMMAND --db FILE ...``.
+"""The command line: ``python -m continuation COMMAND --db DATABASE ...``.
 
-Inspect and repair a database from outside the application that owns it::
+Inspect and repair a database from outside the application that owns it, an SQLite file or
+a PostgreSQL database::
 
     python -m continuation ls --db app.db --status dead
     python -m continuation show --db app.db 3f2a...
-    python -m continuation retry --db app.db 3f2a...
+    python -m continuation retry --db postgresql://app@db.internal/app 3f2a...
 
 Each subcommand is a ``Command`` in ``COMMANDS``: a name, a function that adds its arguments
 to its parser, and a function that runs it and returns the exit code. A new subcommand is one
@@ -34,11 +35,14 @@ from rich.text import Text
 
 from ._clock import ManualClock
 from ._errors import ContinuationError
+from ._hosts_command import add_hosts_arguments, run_hosts
 from ._records import ContinuationInfo, ContinuationStatus
+from ._store.select import is_postgres_url
 from ._system import ActorSystem
 from .bouncer._command import add_bouncer_arguments, run_bouncer
 
 PROG: Final = "python -m continuation"
+_DATABASE_HELP: Final = "SQLite file or postgresql:// URL"
 _TRUNCATE_AT: Final = 48
 _STATUS_STYLES: Final = {
     ContinuationStatus.PENDING: "yellow",
@@ -122,10 +126,10 @@ def on_database(action: DatabaseAction) -> Callable[[argparse.Namespace], int]:
     """
 
     def run(args: argparse.Namespace) -> int:
-        path = _existing_database(args.db)
+        database = _existing_database(args.db)
 
         async def session() -> int:
-            async with ActorSystem(path, clock=ManualClock()) as system:
+            async with ActorSystem(database, clock=ManualClock()) as system:
                 return await action(system, args)
 
         return asyncio.run(session())
@@ -134,11 +138,13 @@ def on_database(action: DatabaseAction) -> Callable[[argparse.Namespace], int]:
 
 
 def add_database_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--db FILE`` option every database command takes."""
-    parser.add_argument("--db", required=True, metavar="FILE", help="the SQLite database file")
+    """The ``--db DATABASE`` option every database command takes."""
+    parser.add_argument("--db", required=True, metavar="DATABASE", help=_DATABASE_HELP)
 
 
-def _existing_database(db: str) -> Path:
+def _existing_database(db: str) -> str | Path:
+    if is_postgres_url(db):
+        return db  # the server says whether it exists; opening creates only the tables
     # Opening a path that does not exist would create an empty database there.
     path = Path(db)
     if not path.exists():
@@ -329,8 +335,20 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=_positive_int, default=8000, help="port to listen on")
-    parser.add_argument("--db", metavar="FILE", help="database file, passed to the function")
+    parser.add_argument(
+        "--db", metavar="DATABASE", help=f"{_DATABASE_HELP}, passed to the function as database="
+    )
     parser.add_argument("--prefix", default="/rpc", help="path of the RPC routes")
+    parser.add_argument(
+        "--host-id",
+        help="this host's id among hosts sharing a PostgreSQL database (unique among live"
+        " hosts; keep it across restarts)",
+    )
+    parser.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="the RPC URL other hosts forward calls to (default ws://HOST:PORT/PREFIX)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -340,8 +358,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ._serve import build_system, load_target, serve
 
     system = build_system(load_target(args.target), args.db)
+    if args.host_id is not None:
+        system.host_id = args.host_id
     options = {"host": args.host, "port": args.port, "prefix": args.prefix}
-    asyncio.run(serve(system, log_level=args.log_level, **options))
+    asyncio.run(serve(system, log_level=args.log_level, advertise=args.advertise, **options))
     return 0
 
 
@@ -365,6 +385,12 @@ COMMANDS: Final[tuple[Command, ...]] = (
         "serve an ActorSystem over HTTP and WebSocket RPC, with its scheduler running",
         _add_serve_arguments,
         _serve,
+    ),
+    Command(
+        "hosts",
+        "list the hosts sharing a PostgreSQL database, with their heartbeats and status",
+        add_hosts_arguments,
+        run_hosts,
     ),
     Command(
         "bouncer",

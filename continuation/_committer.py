@@ -76,6 +76,11 @@ class Committer:
         self._ready.set()
         return future
 
+    @property
+    def queued(self) -> int:
+        """Turns waiting for their commit."""
+        return len(self._queue)
+
     async def close(self) -> None:
         """Commit everything already queued, then stop."""
         self._closing = True

@@ -12,6 +12,7 @@ own transaction, so the target's effects and the caller's result commit together
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from ._committer import Committer
-from ._errors import CommitError
+from ._errors import CommitError, LeaseLostError
 from ._fetch import FetchDispatcher, FetchError, FetchRequest
 from ._options import RetryPolicy
 from ._outcomes import delivered
@@ -36,9 +37,10 @@ MAX_RUNNING: Final = 256
 """Jobs running at once; more wait in a queue (as data, not as tasks), so a burst of
 thousands costs neither memory nor garbage-collection time per waiting job."""
 
-LocalCall = Callable[[RemoteCall, Callable[[Outcome], RowUpdate]], Awaitable[None]]
-"""Runs a remote call in a turn of a local actor; the update that stores its outcome for
-the caller commits in that turn's transaction (or alone, when the call raised)."""
+LocalCall = Callable[[RemoteCall, Callable[[Outcome], RowUpdate], str], Awaitable[None]]
+"""Runs a remote call (with its idempotency key) in a turn of an actor of this system; the
+update that stores its outcome for the caller commits in that turn's transaction (or alone,
+when the call raised or ran on another host sharing the database)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class Dispatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._fetches: set[str] = set()  # ids of the running jobs an abort may stop
         self._queue: dict[str, Job] = {}  # waiting for a free task, in dispatch order
+        self._actors: dict[str, tuple[str, str]] = {}  # the actor of each running job
         self._closed = False
 
     @property
@@ -146,6 +149,7 @@ class Dispatcher:
     def _start(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job), name=f"work-{job.id}")
         self._tasks[job.id] = task
+        self._actors[job.id] = (job.binding, job.instance)
         if job.strategy == "proxy-fetch":
             self._fetches.add(job.id)
         task.add_done_callback(lambda _: self._forget(job.id, task))
@@ -167,6 +171,16 @@ class Dispatcher:
             return  # never started
         if cid in self._fetches:
             self._tasks[cid].cancel()
+
+    @property
+    def running(self) -> int:
+        """Jobs out or queued."""
+        return len(self._tasks) + len(self._queue)
+
+    @property
+    def busy(self) -> set[tuple[str, str]]:
+        """The actors with work out or queued: a host keeps their leases until it is back."""
+        return set(self._actors.values()) | {(j.binding, j.instance) for j in self._queue.values()}
 
     async def settle(self) -> bool:
         """Wait until no job is out (queued ones included); whether there were any."""
@@ -190,6 +204,7 @@ class Dispatcher:
     def _forget(self, cid: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(cid) is task:
             del self._tasks[cid]
+            del self._actors[cid]
             self._fetches.discard(cid)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("the work of continuation %s failed unexpectedly", cid, exc_info=exc)
@@ -214,14 +229,21 @@ class Dispatcher:
                 return  # the durable timeout delivers it
             await self._store_outcome(job, outcome)
             return
-        row = await self._waiting_row(job)
-        if row is None:
+        while True:
+            row = await self._waiting_row(job)
+            if row is None:
+                return
+            outcome_of = self._updater(row, job)
+            try:
+                await self._local_call(work, outcome_of, job.id)
+            except LeaseLostError:
+                # The target's lease moved while its turn ran (hosts sharing a database):
+                # nothing committed, so send the call again, to wherever the actor is now.
+                job = dataclasses.replace(job, row=None)
+                continue
+            except CommitError:
+                await self._note_late(job, "the call's turn could not commit for it")
             return
-        outcome_of = self._updater(row, job)
-        try:
-            await self._local_call(work, outcome_of)
-        except CommitError:
-            await self._note_late(job, "the call's turn could not commit for it")
 
     async def _fetch(self, job: Job) -> Outcome:
         request = self._runtime.codec.loads(job.work)

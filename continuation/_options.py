@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import random
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -41,6 +41,10 @@ class RetryPolicy(BaseModel):
         return capped * (1.0 - self.jitter * (rng or random).random())
 
 
+NO_NUL: Final = r"^[^\x00]*$"
+"""Names and keys may hold any character but NUL, which PostgreSQL text cannot store."""
+
+
 class StrategyOptions(BaseModel):
     """Options every strategy takes."""
 
@@ -49,7 +53,7 @@ class StrategyOptions(BaseModel):
     strategy: ClassVar[str]
 
     retry: RetryPolicy | None = None
-    key: str | None = Field(default=None, min_length=1, max_length=200)
+    key: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
 
     @field_validator("retry", mode="before")
     @classmethod

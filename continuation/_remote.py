@@ -8,8 +8,10 @@ twice.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
+from operation_chain import OperationChain
 from rpc import HttpTransport, Transport, WebSocketTransport
 from rpc._single import call_once
 
@@ -45,22 +47,31 @@ class Remotes:
     async def call(self, work: RemoteCall, *, key: str) -> Outcome:
         """Run ``work`` on its host; its value or exception (transport failures and the
         host's refusals included)."""
-        transport = self._transport(work.binding)
         try:
-            value = await call_once(
-                transport, work.binding, work.instance, work.call, idempotency_key=key
+            value = await self.forward(
+                self._routes[work.binding], work.binding, work.instance, work.call, key=key
             )
         except Exception as exc:
             return "error", exc
         return "ok", value
+
+    async def forward(
+        self, url: str, binding: str, instance: str, chain: OperationChain, *, key: str
+    ) -> Any:
+        """Run ``chain`` on the actor at the host serving RPC at ``url`` (another host
+        sharing the database, say); return its value or raise as the host answered.
+
+        Raises:
+            rpc.TransportError: the host could not be reached, or the connection dropped.
+        """
+        return await call_once(self._transport(url), binding, instance, chain, idempotency_key=key)
 
     async def aclose(self) -> None:
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
             await transport.aclose()
 
-    def _transport(self, binding: str) -> Transport:
-        url = self._routes[binding]
+    def _transport(self, url: str) -> Transport:
         transport = self._transports.get(url)
         if transport is None:
             if url.startswith(("ws://", "wss://")):

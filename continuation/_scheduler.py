@@ -25,6 +25,7 @@ from rpc._host import DownstreamMessage
 from ._activation import Activations
 from ._committer import Committer
 from ._errors import ContinuationCancelled
+from ._leases import LeasedElsewhere
 from ._options import RetryPolicy
 from ._outcomes import completed, failed, halted, redispatched, work_failed
 from ._records import AlarmInfo, to_datetime
@@ -199,7 +200,10 @@ class Scheduler:
             return None
         if row.phase == "retry" and not row.cancel_requested:
             return self._send_again(row)
-        commit, downstream = await self._turn(slot, row, self._now())
+        try:
+            commit, downstream = await self._turn(slot, row, self._now())
+        except LeasedElsewhere:
+            return None  # another host took the actor since the row was claimed: it fires it
         if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
             del slot.keys[row.key]
         future = self._committer.submit(commit, slot, downstream)
@@ -234,6 +238,8 @@ class Scheduler:
             finally:
                 slot.turn = None
             update = completed(row, now, orjson.loads(row.options).get("timezone"))
+        except LeasedElsewhere:
+            raise
         except Exception as exc:
             self._activations.discard_instance(slot)
             update = failed(row, now, exc, self._retry_policy(row))

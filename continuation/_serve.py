@@ -65,11 +65,25 @@ def build_system(target: object, database: str | None) -> ActorSystem:
     )
 
 
-async def serve(system: ActorSystem, *, host: str, port: int, prefix: str, log_level: str) -> None:
+async def serve(
+    system: ActorSystem,
+    *,
+    host: str,
+    port: int,
+    prefix: str,
+    log_level: str,
+    advertise: str | None = None,
+) -> None:
     """Serve ``system`` with uvicorn until interrupted; the system starts before the first
     request and closes, committing what already ran, before the process exits. A system with
-    a ``BouncerTimer`` also gets its wake endpoint, at ``/bouncer/wake``."""
+    a ``BouncerTimer`` also gets its wake endpoint, at ``/bouncer/wake``.
+
+    Other hosts sharing the database forward calls to ``advertise`` (by default the
+    WebSocket URL of the address served, unless the system was given one)."""
     import uvicorn
+
+    if system.address is None or advertise is not None:
+        system.address = advertise or f"ws://{host}:{port}{prefix}"
 
     from rpc.server import create_rpc_app
 

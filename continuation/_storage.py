@@ -79,4 +79,6 @@ class ActorStorage:
 def _checked_key(key: object) -> str:
     if type(key) is not str:
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
+    if "\x00" in key:
+        raise InvalidArgumentError("storage keys cannot hold the NUL character")
     return key

@@ -16,7 +16,7 @@ from operation_chain import OperationChain, chain_of
 
 from ._continuation import Continuation
 from ._fetch import FetchRequest
-from ._options import STRATEGIES, StrategyOptions
+from ._options import NO_NUL, STRATEGIES, StrategyOptions
 
 
 def _seconds(value: Any) -> Any:
@@ -55,8 +55,8 @@ class RemoteCallOptions(WorkOptions):
 
     strategy: ClassVar[str] = "remote-call"
 
-    binding: str = Field(min_length=1, max_length=1024)
-    instance: str = Field(min_length=1, max_length=1024)
+    binding: str = Field(min_length=1, max_length=1024, pattern=NO_NUL)
+    instance: str = Field(min_length=1, max_length=1024, pattern=NO_NUL)
     call: Continuation
     timeout: float | None = Field(default=30.0, gt=0, allow_inf_nan=False)
 
@@ -116,7 +116,7 @@ class SignalOptions(WorkOptions):
 
     strategy: ClassVar[str] = "signal"
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 STRATEGIES.update(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -19,6 +23,7 @@ from operation_chain import (
     OperationChain,
     execute_operation_chain_async,
 )
+from rpc import TransportError
 from rpc._host import DownstreamListener, DownstreamMessage
 
 from ._activation import Activations
@@ -27,6 +32,8 @@ from ._clock import Clock, ManualClock, SystemClock
 from ._committer import Committer, PendingCommit
 from ._dispatch import Dispatcher, Job
 from ._errors import (
+    ActorUnavailableError,
+    CommitError,
     ContinuationNotFoundError,
     ContinuationStateError,
     InvalidArgumentError,
@@ -35,6 +42,7 @@ from ._errors import (
 )
 from ._fetch import FetchDispatcher
 from ._inspection import info_of
+from ._leases import LeasedElsewhere, LeaseKeeper
 from ._options import RetryPolicy
 from ._outcomes import cancellation, requeued
 from ._records import ContinuationInfo, ContinuationStatus
@@ -42,10 +50,13 @@ from ._ref import ActorRef
 from ._remote import Remotes
 from ._scheduler import Scheduler
 from ._store.base import Commit, ContinuationRow, RowUpdate, Store
-from ._store.sqlite import SQLiteStore
+from ._store.hosted import HostedStore
+from ._store.postgres import PostgresStore
+from ._store.postgres_hosts import HostDirectory
+from ._store.select import create_store
 from ._timer import Timer
 from ._turn import ActorSlot, Runtime, TurnBuffer, check_instance, current_turn, signal_send
-from ._work import Outcome, RemoteCall, decode_outcome, encode_outcome
+from ._work import DISPATCHED, Outcome, RemoteCall, decode_outcome, encode_outcome
 
 logger = logging.getLogger("continuation")
 
@@ -62,7 +73,8 @@ class ActorSystem:
             cid = await system.get(Reminder, "r-1").remind("stretch")
 
     Args:
-        database: an SQLite file path, or ``":memory:"``.
+        database: an SQLite file path, ``":memory:"``, or a ``postgresql://`` URL (a
+            database many processes can share; ``?search_path=schema`` picks a schema).
         actors: the actor classes this system runs.
         clock: ``SystemClock()`` by default; a ``ManualClock`` makes the system fire only
             when ``advance`` or ``drain`` is awaited.
@@ -86,6 +98,13 @@ class ActorSystem:
         remote_headers: headers sent to those hosts (an ``Authorization`` token, say).
         timer: wakes the system from outside instead of the scheduler's own loop, e.g.
             ``continuation.bouncer.BouncerTimer`` (see ``docs/bouncer.md``).
+        host_id: this host's id among the hosts sharing a PostgreSQL database; unique among
+            live hosts, and best kept across restarts (a restarted host takes its actors
+            back at once instead of waiting for its old leases to expire). Random by default.
+        address: the RPC URL (``ws://host:port/rpc``) other hosts sharing the database
+            forward calls to when this host holds an actor; ``serve`` sets it.
+        lease_ttl: seconds a host's lease on an actor lasts without renewal (renewed every
+            third of it): how long a dead host's actors wait before another host takes them.
     """
 
     def __init__(
@@ -107,9 +126,15 @@ class ActorSystem:
         remotes: Mapping[str, str] | None = None,
         remote_headers: Mapping[str, str] | None = None,
         timer: Timer | None = None,
+        host_id: str | None = None,
+        address: str | None = None,
+        lease_ttl: float = 10.0,
     ) -> None:
         if not isinstance(database, str | os.PathLike):
-            raise TypeError(f"database must be a path or ':memory:', not {type(database).__name__}")
+            raise TypeError(
+                "database must be a path, ':memory:' or a postgresql:// URL,"
+                f" not {type(database).__name__}"
+            )
         if durability not in ("full", "normal"):
             raise InvalidArgumentError(f"durability must be 'full' or 'normal', not {durability!r}")
         self._classes = _registry(actors)
@@ -121,6 +146,21 @@ class ActorSystem:
         if timer is not None and (isinstance(timer, type) or not isinstance(timer, Timer)):
             raise TypeError(f"timer must be a Timer (e.g. BouncerTimer), not {timer!r}")
         self._timer = timer
+        if host_id is not None and (not isinstance(host_id, str) or not 0 < len(host_id) <= 200):
+            raise InvalidArgumentError(f"host_id is a str of 1 to 200 characters, not {host_id!r}")
+        self._host_id = host_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if address is not None and urlsplit(str(address)).scheme not in (
+            "ws",
+            "wss",
+            "http",
+            "https",
+        ):
+            raise InvalidArgumentError(f"address must be a ws:// or http:// URL, not {address!r}")
+        self.address = address
+        self._lease_ttl = _positive("lease_ttl", lease_ttl)
+        self._leases: LeaseKeeper | None = None
+        self._adopting: set[asyncio.Task[None]] = set()
+        self._unleased: set[tuple[str, str]] = set()  # evicted, lease not yet given up
         if signing_key is not None and not isinstance(signing_key, bytes):
             raise TypeError(f"signing_key must be bytes, not {type(signing_key).__name__}")
         if signing_key is not None and len(signing_key) < 16:
@@ -149,7 +189,7 @@ class ActorSystem:
             "concurrency": int(_positive("fetch_concurrency", fetch_concurrency)),
             "max_body_bytes": int(_positive("max_fetch_body", max_fetch_body)),
         }
-        self._store: Store = SQLiteStore(os.fspath(database), durability=durability)
+        self._store: Store = create_store(database, durability=durability)
         self._listeners: list[DownstreamListener] = []
         self._state: Literal["new", "running", "closed"] = "new"
         self._loop_task: asyncio.Task[None] | None = None
@@ -167,7 +207,15 @@ class ActorSystem:
         if self._state != "new":
             raise SystemClosedError(f"the system is {self._state}; create a new one")
         await self._store.open()
-        self._activations = Activations(self._store, self._runtime)
+        if isinstance(self._store, PostgresStore) and self._classes:
+            # A system with no actor classes only inspects and changes rows (the command
+            # line's): it runs no actor, so it takes no lease and joins no hosts.
+            try:
+                await self._join_hosts(self._store)
+            except BaseException:
+                await self._store.close()
+                raise
+        self._activations = Activations(self._store, self._runtime, self._leases)
         self._committer = Committer(self._store, on_committed=self._committed, on_lost=self._lost)
         self._scheduler = Scheduler(
             store=self._store,
@@ -189,7 +237,10 @@ class ActorSystem:
             fetcher=lambda: FetchDispatcher(**self._fetch_options),  # type: ignore[arg-type]
         )
         self._state = "running"
-        await self._dispatcher.resume()
+        if self._classes:  # a system with no actors sends no work
+            await self._dispatcher.resume()
+        if isinstance(self._store, HostedStore):
+            await self._store.store.listen(self._scheduler.notice)
         if self._timer is not None:
             # An outside timer hears of due times and wakes the system: no loop of its own.
             await self._timer.start(self)
@@ -207,7 +258,7 @@ class ActorSystem:
         self._state = "closed"
         if self._timer is not None:
             await self._timer.aclose()
-        for task in (self._loop_task, self._purging):
+        for task in (self._loop_task, self._purging, *self._adopting):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -215,7 +266,77 @@ class ActorSystem:
         await self._scheduler.close()
         await self._committer.close()
         await self._remotes.aclose()
+        if self._leases is not None:
+            await self._leases.aclose()
         await self._store.close()
+
+    async def _join_hosts(self, store: PostgresStore) -> None:
+        """Register as one of the hosts sharing ``store``, and see the store as this host."""
+        directory = HostDirectory(store.pool)
+        self._leases = LeaseKeeper(
+            directory,
+            host=self._host_id,
+            address=self.address,
+            ttl=self._lease_ttl,
+            on_lost=lambda key: self._activations.forget(key),
+            on_taken=self._adopt,
+            on_tick=self._take_over,
+            status=self._status,
+        )
+        self._store = HostedStore(
+            store, directory, host=self._host_id, ttl=self._lease_ttl,
+            claimed=self._leases.claimed,
+        )  # fmt: skip
+        await self._leases.start()
+
+    def _adopt(self, actors: list[tuple[str, str]]) -> None:
+        """This host just took the leases of ``actors``: send again the work still out for
+        them (their previous host is gone, or it had none out)."""
+        task = asyncio.get_running_loop().create_task(self._send_adopted(actors))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _send_adopted(self, actors: list[tuple[str, str]]) -> None:
+        try:
+            assert isinstance(self._store, HostedStore)
+            rows = await self._store.waiting_of(actors, DISPATCHED)
+        except Exception:
+            logger.exception("reading the work out for %d adopted actors failed", len(actors))
+            return
+        if self._state == "running":
+            for row in rows:
+                self._dispatch_row(row, row.revision)
+
+    async def _take_over(self) -> None:
+        """Send again the work of hosts that are gone, whose actors this host now holds."""
+        assert isinstance(self._store, HostedStore)
+        for row in await self._store.taken_over(DISPATCHED):
+            self._dispatch_row(row, row.revision)
+        self._scheduler.notice(self._clock.now())
+
+    def _status(self) -> dict[str, Any]:
+        """What this host reports about itself into the hosts table."""
+        return {
+            "actors": len(self._activations),
+            "leases": 0 if self._leases is None else len(self._leases),
+            "firing": len(self._scheduler.in_flight),
+            "queue": self._committer.queued + self._dispatcher.running,
+            "heartbeat": None if self._leases is None else self._leases.last_heartbeat,
+        }
+
+    @property
+    def host_id(self) -> str:
+        """This host's id among hosts sharing a database; settable until the system starts
+        (``serve --host-id`` sets it)."""
+        return self._host_id
+
+    @host_id.setter
+    def host_id(self, value: str) -> None:
+        if self._state != "new":
+            raise SystemClosedError("a host's id can be set only before the system starts")
+        if not isinstance(value, str) or not 0 < len(value) <= 200:
+            raise InvalidArgumentError(f"host_id is a str of 1 to 200 characters, not {value!r}")
+        self._host_id = value
 
     @property
     def timer(self) -> Timer | None:
@@ -274,14 +395,28 @@ class ActorSystem:
             raise TypeError(f"chain must be an OperationChain, not {type(chain).__name__}")
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError(f"idempotency_key must be a str, not {type(idempotency_key).__name__}")
+        try:
+            return await self._call_here(cls, instance, chain, principal, policy, idempotency_key)
+        except LeasedElsewhere as elsewhere:
+            # Sent on with a key, so a retry after a dropped connection cannot run it twice.
+            key = idempotency_key or f"forward-{uuid.uuid4().hex}"
+            run_here = partial(self._call_here, cls, instance, chain, principal, policy, key)
+            return await self._forward(elsewhere, chain, key, run_here)
+
+    async def _call_here(
+        self,
+        cls: type[Actor],
+        instance: str,
+        chain: OperationChain,
+        principal: Any,
+        policy: ExecutionPolicy | None,
+        idempotency_key: str | None,
+    ) -> Any:
         async with self._activations.turn(cls, instance) as slot:
             if idempotency_key is not None:
-                tail = self._activations.tail(slot.binding, slot.instance)
-                if tail is not None:  # an earlier answer under this key may be committing
-                    await asyncio.wait([tail])
-                stored = await self._store.call_result(binding, instance, idempotency_key)
+                stored = await self._stored_answer(slot, idempotency_key)
                 if stored is not None:
-                    return decode_outcome(self._runtime.codec, stored)[1]
+                    return stored[1]
             buffer = TurnBuffer(now=self._clock.now(), principal=principal)
             result = await self._run_turn(slot, buffer, chain, policy or self._runtime.policy)
             answer = None
@@ -291,6 +426,52 @@ class ActorSystem:
         if future is not None:
             await future
         return result
+
+    async def _forward(
+        self,
+        elsewhere: LeasedElsewhere,
+        chain: OperationChain,
+        key: str,
+        run_here: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """Run a call on the host holding its actor; if that host cannot be reached, wait
+        for its lease to expire and run the call here (or wherever the actor went).
+
+        Raises:
+            ActorUnavailableError: the actor's host stayed unreachable, and kept its lease,
+                for ``max(30, 3 * lease_ttl)`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(30.0, 3 * self._lease_ttl)
+        while True:
+            holder = elsewhere.holder
+            expires_at = loop.time() + holder.expires_in
+            if holder.address is not None:
+                # A host that stalled accepts connections but never answers: give it a lease
+                # period, then look again (by then its lease expired, or it is alive).
+                patience = asyncio.timeout(self._lease_ttl)
+                try:
+                    async with patience:
+                        return await self._remotes.forward(
+                            holder.address, elsewhere.binding, elsewhere.instance, chain, key=key
+                        )
+                except TransportError as exc:
+                    logger.info("host %s is unreachable (%s)", holder.host, exc)
+                except TimeoutError:
+                    if not patience.expired():
+                        raise  # the actor's own TimeoutError
+                    logger.info("host %s did not answer within its lease", holder.host)
+            if expires_at > deadline:
+                raise ActorUnavailableError(
+                    f"{elsewhere.binding}/{elsewhere.instance} is held by host {holder.host!r},"
+                    " which does not answer, and its lease runs for another"
+                    f" {expires_at - loop.time():.1f} s"
+                )
+            await asyncio.sleep(max(0.0, expires_at - loop.time()) + 0.01)
+            try:
+                return await run_here()
+            except LeasedElsewhere as again:
+                elsewhere = again
 
     async def _run_turn(
         self, slot: ActorSlot, buffer: TurnBuffer, chain: OperationChain, policy: ExecutionPolicy
@@ -310,25 +491,83 @@ class ActorSystem:
                 self._activations.discard_instance(slot)
         return result
 
-    async def _call_for(self, work: RemoteCall, outcome_of: Callable[[Outcome], RowUpdate]) -> None:
+    async def _call_for(
+        self, work: RemoteCall, outcome_of: Callable[[Outcome], RowUpdate], key: str
+    ) -> None:
         """A same-system remote call: the target's turn, whose transaction also stores the
-        caller's result; a call that raises stores the caller's error alone."""
+        caller's result; a call that raises stores the caller's error alone. A target
+        another host holds gets the call there, under idempotency ``key``."""
+        try:
+            await self._call_for_here(work, outcome_of, key)
+        except LeasedElsewhere as elsewhere:
+            ran_here = object()
+
+            async def run_here() -> object:
+                await self._call_for_here(work, outcome_of, key)  # stores the outcome itself
+                return ran_here
+
+            outcome: Outcome
+            try:
+                value = await self._forward(elsewhere, work.call, key, run_here)
+            except CommitError:
+                raise  # the call ran here in the end, and its turn could not commit
+            except Exception as exc:
+                outcome = ("error", exc)
+            else:
+                if value is ran_here:
+                    return
+                outcome = ("ok", value)
+            update = outcome_of(outcome)
+            commit = Commit(work.binding, work.instance, self._clock.now(), update=update,
+                            standalone=True)  # fmt: skip
+            await self._committer.submit(commit, None)
+
+    async def _call_for_here(
+        self, work: RemoteCall, outcome_of: Callable[[Outcome], RowUpdate], key: str
+    ) -> None:
         cls = self._class_of(work.binding)
         async with self._activations.turn(cls, work.instance) as slot:
+            future = await self._answer_call_for(slot, work, outcome_of, key)
+        if future is not None:
+            await future
+
+    async def _answer_call_for(
+        self,
+        slot: ActorSlot,
+        work: RemoteCall,
+        outcome_of: Callable[[Outcome], RowUpdate],
+        key: str,
+    ) -> asyncio.Future[None] | None:
+        """Run the call in the slot's turn; return the commit to wait for."""
+        # With hosts sharing the database the call may also reach this actor forwarded,
+        # under the same key (its work sent again after a host died): one answer serves both.
+        shared = self._leases is not None
+        stored = await self._stored_answer(slot, key) if shared else None
+        standalone: Outcome
+        if stored is not None:
+            standalone = stored
+        else:
             buffer = TurnBuffer(now=self._clock.now())
             try:
                 result = await self._run_turn(slot, buffer, work.call, self._runtime.policy)
             except Exception as exc:
-                update = outcome_of(("error", exc))
-                future: asyncio.Future[None] | None = self._committer.submit(
-                    Commit(work.binding, work.instance, buffer.now, update=update,
-                           standalone=True),
-                    None,
-                )  # fmt: skip
+                standalone = ("error", exc)
             else:
-                future = self._commit_turn(slot, buffer, outcome_of(("ok", result)))
-        if future is not None:
-            await future
+                answer = None
+                if shared:
+                    answer = (key, encode_outcome(self._runtime.codec, ("ok", result)))
+                return self._commit_turn(slot, buffer, outcome_of(("ok", result)), answer)
+        commit = Commit(work.binding, work.instance, self._clock.now(),
+                        update=outcome_of(standalone), standalone=True)  # fmt: skip
+        return self._committer.submit(commit, None)
+
+    async def _stored_answer(self, slot: ActorSlot, key: str) -> Outcome | None:
+        """The answer stored for a call to the slot's actor under idempotency ``key``."""
+        tail = self._activations.tail(slot.binding, slot.instance)
+        if tail is not None:  # an earlier answer under this key may be committing
+            await asyncio.wait([tail])
+        stored = await self._store.call_result(slot.binding, slot.instance, key)
+        return None if stored is None else decode_outcome(self._runtime.codec, stored)
 
     def _commit_turn(
         self,
@@ -556,10 +795,25 @@ class ActorSystem:
 
     def _lost(self, slot: ActorSlot) -> None:
         self._activations.lose(slot)
+        if self._leases is not None:
+            self._leases.forget((slot.binding, slot.instance))
 
     def _housekeeping(self) -> None:
         now = self._clock.now()
-        self._activations.evict_idle(now, self._idle_timeout)
+        evicted = self._activations.evict_idle(now, self._idle_timeout)
+        if self._leases is not None:
+            # An actor with work out keeps its lease until the work is back, so no other
+            # host takes it over and sends that work a second time.
+            self._unleased.update(evicted)
+            busy = self._dispatcher.busy
+            free = {
+                key
+                for key in self._unleased
+                if key not in busy and self._activations.active(*key) is None
+            }
+            self._unleased -= free
+            self._unleased -= {k for k in self._unleased if self._activations.active(*k)}
+            self._leases.release(free)
         if now - self._last_purge >= min(self._retention, 3600.0) and self._purging is None:
             self._last_purge = now
             self._purging = asyncio.get_running_loop().create_task(self.purge())

@@ -17,7 +17,7 @@ from rpc._host import DownstreamMessage
 
 from ._clock import Clock
 from ._errors import InvalidArgumentError, UnknownActorError
-from ._store.base import Commit, NewContinuation, SignalSend
+from ._store.base import Commit, Lease, NewContinuation, SignalSend
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -66,6 +66,7 @@ class ActorSlot:
         "instance",
         "keys",
         "last_used",
+        "lease",
         "loaded",
         "lock",
         "lost",
@@ -89,6 +90,7 @@ class ActorSlot:
         self.turn: TurnBuffer | None = None
         self.lock = asyncio.Lock()
         self.last_used = runtime.clock.now()
+        self.lease: Lease | None = None  # when hosts share the database
 
     def finish_turn(self, buffer: TurnBuffer) -> Commit:
         """Fold a successful turn's effects into the in-memory view and return its commit."""
@@ -112,6 +114,7 @@ class ActorSlot:
             new=buffer.new,
             cancels=buffer.cancels,
             signals=buffer.signals,
+            lease=self.lease,
         )
 
 
@@ -125,8 +128,8 @@ def check_instance(instance: object) -> None:
     """Refuse what cannot be an actor's instance id."""
     if not isinstance(instance, str):
         raise TypeError(f"actor instance ids are str, not {type(instance).__name__}")
-    if not instance or len(instance) > 512:
-        raise InvalidArgumentError("actor instance ids are 1 to 512 characters")
+    if not instance or len(instance) > 512 or "\x00" in instance:
+        raise InvalidArgumentError("actor instance ids are 1 to 512 characters, none of them NUL")
 
 
 def signal_send(
@@ -138,7 +141,9 @@ def signal_send(
     if binding not in runtime.actors:
         raise UnknownActorError(f"no actor class is registered for binding {binding!r}")
     check_instance(instance)
-    if not isinstance(name, str) or not 0 < len(name) <= 200:
-        raise InvalidArgumentError(f"a signal name is a str of 1 to 200 characters, not {name!r}")
+    if not isinstance(name, str) or not 0 < len(name) <= 200 or "\x00" in name:
+        raise InvalidArgumentError(
+            f"a signal name is a str of 1 to 200 characters, none of them NUL, not {name!r}"
+        )
     # Stored as the waiter's outcome, in the form every strategy's outcome has.
     return SignalSend(binding, instance, name, runtime.codec.dumps(("ok", payload)))

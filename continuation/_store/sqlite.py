@@ -204,7 +204,7 @@ class SQLiteStore:
             return None if due is None else float(due)
         sql = (
             "SELECT id, due_at FROM continuations INDEXED BY continuations_due"
-            " WHERE status = 'pending' ORDER BY due_at, id LIMIT ?"
+            " WHERE status = 'pending' AND due_at IS NOT NULL ORDER BY due_at, id LIMIT ?"
         )
         rows = await self._read(sql, (len(skip) + 1,))
         return next((float(due) for cid, due in rows if cid not in skip), None)

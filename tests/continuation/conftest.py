@@ -1,8 +1,15 @@
-"""Fixtures for continuation tests: a fresh SQLite file per test and a manual clock."""
+"""Fixtures for continuation tests: a fresh database per test, on each store, and a manual
+clock.
+
+``db_path`` is parametrized: every test that opens a system runs once on an SQLite file
+(``[sqlite]``) and once on a PostgreSQL schema of its own (``[postgres]``, skipped when no
+server is reachable; see ``tests/postgres.py``). Tests about SQLite files as such take
+``sqlite_path``; tests that reach into PostgreSQL take ``postgres_db``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +18,7 @@ import pytest
 
 from continuation import Actor, ActorSystem, ManualClock
 from continuation._store.base import Commit, Refusal
+from tests.postgres import PostgresDatabase, fresh_database
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -35,8 +43,28 @@ def hook_commits(monkeypatch: pytest.MonkeyPatch, system: ActorSystem, hook: Com
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> str:
+def sqlite_path(tmp_path: Path) -> str:
+    """A path for an SQLite database file, for tests about SQLite as such."""
     return str(tmp_path / "actors.db")
+
+
+@pytest.fixture
+def postgres_db() -> Iterator[PostgresDatabase]:
+    """A fresh PostgreSQL schema, for tests that reach into the database behind the store."""
+    with fresh_database() as database:
+        yield database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The ``database`` argument of the test's systems: an SQLite file, or the URL of a
+    fresh PostgreSQL schema (migrated ahead, as an SQLite file is created in no time; the
+    tests of opening and migrating take an empty ``postgres_db``)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "actors.db")
+    else:
+        with fresh_database(migrated=True) as database:
+            yield database.url
 
 
 @pytest.fixture

@@ -16,9 +16,12 @@ runs (``--fetch-url``).
 ``run_campaign`` starts the worker, SIGKILLs it at a random moment (during start-up, a random
 time after the system opened, or after a random number of durable firings), checks the
 database, and starts it again, until it has been killed ``min_kills`` times; then it lets one
-run finish. ``check_database`` reads the file directly: every effect applied exactly once and
-only if its continuation completed, nothing scheduled twice, and, at the end, everything
+run finish. ``check_database`` reads the database directly: every effect applied exactly once
+and only if its continuation completed, nothing scheduled twice, and, at the end, everything
 completed.
+
+The database is an SQLite file, or the URL of a PostgreSQL test schema (``tests/postgres.py``),
+which the worker gets as its ``--db`` argument like any file.
 """
 
 from __future__ import annotations
@@ -190,11 +193,15 @@ async def work(database: str, workload: Workload) -> None:
         durable += 1
         print(f"committed {durable}", flush=True)
 
+    # On PostgreSQL, a restarted worker is the same host coming back: it takes its actors'
+    # leases back at once instead of waiting for the killed run's leases to expire.
+    host = {"host_id": "kill-worker"} if database.startswith("postgresql://") else {}
     async with ActorSystem(
         database,
         actors=[Tally, Bank],
         durability=workload.durability,
         batch_size=workload.fire_batch,
+        **host,
     ) as system:
         system.add_downstream_listener(delivered)
         print("started", flush=True)
@@ -248,20 +255,12 @@ def check_database(database: str, workload: Workload, *, final: bool) -> list[st
     if its parent completed. At the end, everything must be scheduled and completed.
     """
     codec = Codec(trusted=True)
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        if "schema_version" not in tables or "continuations" not in tables:
-            # Killed before its first migration committed: nothing can have happened yet.
-            return ["the schema was never created"] if final else []
-        rows = db.execute(
-            "SELECT instance, key, status FROM continuations WHERE binding = 'Tally'"
-        ).fetchall()
-        stored = db.execute(
-            "SELECT instance, key, value FROM actor_state WHERE binding = 'Tally'"
-        ).fetchall()
-        calls = db.execute(
-            "SELECT instance, key, value FROM actor_state WHERE binding = 'Bank'"
-        ).fetchall()
+    read = _read_postgres if database.startswith("postgresql://") else _read_sqlite
+    found = read(database)
+    if found is None:
+        # Killed before its first migration committed: nothing can have happened yet.
+        return ["the schema was never created"] if final else []
+    rows, stored, calls = found
     state = {(instance, key): codec.loads(value) for instance, key, value in stored}
     # A remote call's effect on the Bank commits with its caller's stored result: once.
     state.update({(f"t{i[1:]}", k): codec.loads(v) for i, k, v in calls})
@@ -276,6 +275,35 @@ def check_database(database: str, workload: Workload, *, final: bool) -> list[st
     for actor in range(workload.actors):
         problems += _check_actor(workload, actor, statuses, state, final=final)
     return problems
+
+
+_QUERIES = (
+    "SELECT instance, key, status FROM continuations WHERE binding = 'Tally'",
+    "SELECT instance, key, value FROM actor_state WHERE binding = 'Tally'",
+    "SELECT instance, key, value FROM actor_state WHERE binding = 'Bank'",
+)
+Found = tuple[list[Any], list[Any], list[Any]]
+
+
+def _read_sqlite(database: str) -> Found | None:
+    """The rows ``check_database`` checks, or ``None`` before the schema exists."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "schema_version" not in tables or "continuations" not in tables:
+            return None
+        rows, stored, calls = (db.execute(query).fetchall() for query in _QUERIES)
+    return rows, stored, calls
+
+
+def _read_postgres(database: str) -> Found | None:
+    from tests.postgres import database_of  # the harness's import, not the worker's
+
+    db = database_of(database)
+    exists = "SELECT to_regclass('schema_version') IS NOT NULL"
+    if not db.fetch(exists)[0][0]:
+        return None
+    rows, stored, calls = (db.fetch(query) for query in _QUERIES)
+    return rows, stored, calls
 
 
 def _check_actor(
@@ -485,12 +513,14 @@ def run_campaign(
     seed: int,
     max_kill_delay: float = 0.4,
     run_timeout: float = 120.0,
+    log: Path | None = None,
 ) -> Campaign:
     """Run the worker, killing it ``min_kills`` times, until one run finishes the work.
 
     Each run is killed at a random moment (see ``_KillPlan``), after at most a share of the
     work, so that the kills do not run out before the work does; the database is checked
-    after each kill. The workers' stderr goes to ``database`` + ``.stderr``.
+    after each kill. The workers' stderr goes to ``log`` (by default, ``database`` +
+    ``.stderr``).
 
     Raises:
         AssertionError: a worker failed or hung, or a kill left an inconsistent database.
@@ -498,7 +528,7 @@ def run_campaign(
     rng = random.Random(seed)
     campaign = Campaign(seed=seed)
     started = time.monotonic()
-    log = Path(f"{database}.stderr")
+    log = log or Path(f"{database}.stderr")
     with open(log, "wb") as stderr, _number_server() as fetch_url:
         while campaign.kills < min_kills:
             # Share what is left among the runs still to come, the last one unkilled, so the

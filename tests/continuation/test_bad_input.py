@@ -202,6 +202,10 @@ async def test_constructor_refuses_bad_arguments(
     await baseline.still_consistent()
 
 
+# Files that are not SQLite databases, directories and missing directories: SQLite only (the
+# PostgreSQL twins, a bad URL and a newer schema, are in test_postgres_store.py).
+
+
 async def test_start_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"this is not an SQLite database " * 200)
@@ -302,6 +306,7 @@ GET_CASES: dict[str, tuple[object, object, type[Exception], str]] = {
     "a None instance id": (Probe, None, TypeError, "instance ids are str"),
     "an empty instance id": (Probe, "", InvalidArgumentError, "1 to 512"),
     "a long instance id": (Probe, "x" * 513, InvalidArgumentError, "1 to 512"),
+    "an instance id with a NUL": (Probe, "p\x00", InvalidArgumentError, "none of them NUL"),
 }
 
 
@@ -348,6 +353,10 @@ def nested_bad_arguments(actor: Probe) -> str:
 
 
 CONTINUE_CASES: dict[str, tuple[Callable[[Probe], object], type[Exception], str]] = {
+    "a key with a NUL": (
+        lambda a: a.continue_(handler(a), delay=1, key="k\x00"),
+        ContinuationOptionsError, "key",
+    ),
     "an unknown strategy": (
         lambda a: a.continue_(handler(a), strategy="carrier-pigeon", delay=1),
         ContinuationOptionsError, "unknown strategy 'carrier-pigeon'",
@@ -540,6 +549,7 @@ STORAGE_CASES: dict[str, tuple[Callable[[ActorStorage], object], type[Exception]
     "put with an int key": (lambda s: s.put(1, "x"), TypeError, "keys are str"),  # type: ignore[arg-type]
     "put with a None key": (lambda s: s.put(None, "x"), TypeError, "keys are str"),  # type: ignore[arg-type]
     "put with a bytes key": (lambda s: s.put(b"k", "x"), TypeError, "keys are str"),  # type: ignore[arg-type]
+    "put with a NUL in the key": (lambda s: s.put("a\x00", "x"), InvalidArgumentError, "NUL"),
     "get with an int key": (lambda s: s.get(1), TypeError, "keys are str"),  # type: ignore[arg-type]
     "delete with an int key": (lambda s: s.delete(1), TypeError, "keys are str"),  # type: ignore[arg-type]
     "list with an int prefix": (lambda s: s.list(1), TypeError, "int"),  # type: ignore[arg-type]
@@ -724,8 +734,8 @@ async def test_advance_refuses_bad_durations(case: str, baseline: Baseline) -> N
     await baseline.still_consistent()
 
 
-async def test_advance_refuses_a_real_clock(tmp_path: Path) -> None:
-    async with ActorSystem(tmp_path / "real.db", actors=[Probe]) as system:
+async def test_advance_refuses_a_real_clock(db_path: str) -> None:
+    async with ActorSystem(db_path, actors=[Probe]) as system:
         with pytest.raises(InvalidArgumentError, match="ManualClock"):
             await system.advance(1)
 

@@ -1,4 +1,5 @@
-"""``python -m continuation``: ls, show, cancel and retry against a real SQLite file."""
+"""``python -m continuation``: ls, show, cancel and retry against a real database, an SQLite
+file or a PostgreSQL schema (``seeded`` is parametrized through ``db_path``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import json
 import os
 import runpy
-import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from continuation import (
     ManualClock,
 )
 from continuation._cli import main
+from tests.postgres import execute_behind
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -99,9 +100,9 @@ def wide_plain_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def seeded(tmp_path: Path) -> Seeded:
+def seeded(db_path: str) -> Seeded:
     # Synchronous on purpose: main() runs its own event loop, so tests that call it are sync.
-    return asyncio.run(_seed(str(tmp_path / "actors.db")))
+    return asyncio.run(_seed(db_path))
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -409,7 +410,8 @@ def test_unknown_id_is_an_error(
     _assert_one_line_error(err, "no continuation has the id 'no-such-id'")
 
 
-# -- the database file ---------------------------------------------------------------------
+# -- the database ----------------------------------------------------------------------------
+# A file that is missing, a directory, or not SQLite: about SQLite files only.
 
 
 @pytest.mark.parametrize("argv", [["ls"], ["show", "x"], ["cancel", "x"], ["retry", "x"]])
@@ -440,12 +442,18 @@ def test_file_that_is_not_sqlite_is_an_error(
     assert junk.read_bytes() == b"this is not a database\n" * 100
 
 
+def test_unreachable_postgresql_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "postgresql://app:secret@127.0.0.1:1/app"
+    code, out, err = _run(capsys, "ls", "--db", url)
+    assert (code, out) == (1, "")
+    _assert_one_line_error(err, "cannot open the database 'postgresql://app:***@127.0.0.1:1/app'")
+    assert "secret" not in err
+
+
 def test_database_of_a_newer_schema_is_refused(
     seeded: Seeded, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with sqlite3.connect(seeded.db) as db:
-        db.execute("INSERT INTO schema_version (version) VALUES (99)")
-    db.close()
+    execute_behind(seeded.db, "INSERT INTO schema_version (version) VALUES (99)")
     code, out, err = _run(capsys, "ls", "--db", seeded.db)
     assert (code, out) == (1, "")
     _assert_one_line_error(err, "schema version 99", "upgrade the library")
@@ -471,11 +479,13 @@ def test_python_dash_m_runs_the_cli(seeded: Seeded) -> None:
     assert _row_of(done.stdout, seeded.dead)[2] == ContinuationStatus.DEAD.value
     assert seeded.done not in done.stdout
 
+
+def test_python_dash_m_reports_a_missing_database_in_one_line(tmp_path: Path) -> None:
     missing = subprocess.run(
-        [sys.executable, "-m", "continuation", "show", "x", "--db", seeded.db + ".missing"],
+        [sys.executable, "-m", "continuation", "show", "x", "--db", str(tmp_path / "x.db")],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "COLUMNS": "250", "PYTHONIOENCODING": "utf-8"},
         cwd=REPO_ROOT,
         timeout=60,
         check=False,

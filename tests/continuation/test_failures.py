@@ -279,3 +279,23 @@ async def test_completed_rows_are_purged_after_the_retention(
         assert remaining == {pending}
         with pytest.raises(ContinuationNotFoundError):
             await system.continuation(done)
+
+
+class Garbled(Flaky):
+    def handle(self, info: AlarmInfo) -> None:
+        raise ValueError("byte \x00 in the message")
+
+
+async def test_an_error_whose_message_holds_a_nul_character_is_recorded(
+    open_system: OpenSystem,
+) -> None:
+    # PostgreSQL text cannot hold U+0000: the store must still record the failure (escaped),
+    # not fail the firing's commit and fire it again forever.
+    async with open_system(Garbled, retry=RetryPolicy(max_attempts=1, jitter=0)) as system:
+        cid = await system.get(Garbled, "a").schedule(0)
+        await system.advance(5)
+        info = await system.continuation(cid)
+        assert (info.status, info.attempts) == (ContinuationStatus.DEAD, 1)
+        assert info.last_error is not None
+        assert info.last_error.replace("\x00", "\\x00") == "ValueError: byte \\x00 in the message"
+        assert "attempt 1: ValueError: byte" in str([event.detail for event in info.audit])

@@ -3,7 +3,7 @@
 The machine schedules alarms (due now, later or already overdue; with or without a dedup
 key and an error chain; with handlers that fail a few times before they succeed), cancels
 them from outside and from inside turns, moves the manual clock, fixes and re-queues dead
-ones, and closes or crashes the system and reopens its SQLite file. After every step the
+ones, and closes or crashes the system and reopens its database. After every step the
 database, the actors' storage and the model agree on every status, attempt count and due
 time, and every handler's effect is applied once per successful firing.
 
@@ -12,6 +12,9 @@ the database keeps exactly what had committed when the "process died", and nothi
 system does afterwards reaches it. A crash in the middle of ``advance`` may cut any
 continuation's history short, so there the model accepts any prefix of each continuation's
 firings, as long as its storage effects match the same prefix.
+
+The machine runs on an SQLite file (``TestSchedulerModel``) and on a PostgreSQL schema of its
+own per example (``TestSchedulerModelPostgres``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from continuation import (
     StoreError,
 )
 from continuation._store.base import AuditRow, Commit, ContinuationRow, Refusal, Store
+from tests.postgres import PostgresDatabase, postgres_admin
 
 from .conftest import START, OpenSystem
 
@@ -341,11 +345,19 @@ schedules = st.fixed_dictionaries(
 class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.database = self.create_database()  # first: it may skip the test
         self.loop = asyncio.new_event_loop()
-        self.directory = Path(tempfile.mkdtemp(prefix="scheduler-model-"))
         self.model = Model(START.timestamp())
         self.next_tag = 0
         self.system = self.run(self.open())
+
+    def create_database(self) -> str:
+        """A new database for one example: its ``database`` argument."""
+        self.directory = Path(tempfile.mkdtemp(prefix="scheduler-model-"))
+        return str(self.directory / "actors.db")
+
+    def drop_database(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def teardown(self) -> None:
         try:
@@ -353,7 +365,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         finally:
             PLAN.store, PLAN.after = None, None
             self.loop.close()
-            shutil.rmtree(self.directory, ignore_errors=True)
+            self.drop_database()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -365,7 +377,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     async def open(self) -> ActorSystem:
         system = ActorSystem(
-            self.directory / "actors.db",
+            self.database,
             actors=[Worker],
             clock=ManualClock(start=self.model.now),
             retry=DEFAULT_RETRY,
@@ -562,8 +574,22 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert mine[f"error:{tag}"] == ContinuationCancelled.__name__
 
 
+class PostgresSchedulerMachine(SchedulerMachine):
+    """The same machine on a PostgreSQL schema of its own per example."""
+
+    def create_database(self) -> str:
+        admin = postgres_admin()  # skips the test when no server is reachable
+        self.postgres = PostgresDatabase(admin, admin.create_schema(migrated=True))
+        return self.postgres.url
+
+    def drop_database(self) -> None:
+        self.postgres.admin.drop_schema(self.postgres.schema)
+
+
 TestSchedulerModel = SchedulerMachine.TestCase
 TestSchedulerModel.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+TestSchedulerModelPostgres = PostgresSchedulerMachine.TestCase
+TestSchedulerModelPostgres.settings = TestSchedulerModel.settings
 
 
 # -- bugs the machine found, pinned as plain tests --------------------------------------------

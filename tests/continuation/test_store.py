@@ -1,4 +1,9 @@
-"""The SQLite store: schema versions, the commit fence, and downstream release after commit."""
+"""The stores seen through a system: schema versions, the commit fence, and downstream
+release after commit.
+
+Tests that open the database file with ``sqlite3`` are about SQLite as such (``sqlite_path``);
+their PostgreSQL twins are in ``test_postgres_store.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ import pytest
 
 from continuation import (
     Actor,
+    ActorSystem,
     AlarmInfo,
     Continuation,
     ContinuationStatus,
+    ManualClock,
     SchemaVersionError,
     StoreError,
 )
@@ -40,33 +47,43 @@ class Notifier(Actor):
             raise RuntimeError("after sending")
 
 
-async def test_a_newer_schema_is_refused(open_system: OpenSystem, db_path: str) -> None:
-    async with open_system(Notifier):
+@pytest.fixture
+def open_sqlite(sqlite_path: str, clock: ManualClock) -> OpenSystem:
+    """Systems on one SQLite file, for the tests that open the file with ``sqlite3``."""
+
+    def open_(*actors: type[Actor], **options: Any) -> ActorSystem:
+        return ActorSystem(sqlite_path, actors=actors, clock=clock, **options)
+
+    return open_
+
+
+async def test_a_newer_schema_is_refused(open_sqlite: OpenSystem, sqlite_path: str) -> None:
+    async with open_sqlite(Notifier):
         pass
-    with sqlite3.connect(db_path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         db.execute("INSERT INTO schema_version (version) VALUES (?)", (LATEST_VERSION + 1,))
     with pytest.raises(SchemaVersionError, match="newer"):
-        async with open_system(Notifier):
+        async with open_sqlite(Notifier):
             pass
 
 
-async def test_reopening_does_not_migrate_twice(open_system: OpenSystem, db_path: str) -> None:
+async def test_reopening_does_not_migrate_twice(open_sqlite: OpenSystem, sqlite_path: str) -> None:
     for _ in range(2):
-        async with open_system(Notifier):
+        async with open_sqlite(Notifier):
             pass
-    with sqlite3.connect(db_path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
     assert versions == list(range(1, LATEST_VERSION + 1))
 
 
 async def test_a_database_of_the_first_version_is_migrated_and_keeps_its_rows(
-    open_system: OpenSystem, db_path: str, clock: Any
+    open_sqlite: OpenSystem, sqlite_path: str, clock: Any
 ) -> None:
     # What version 1 of the library wrote: its schema, and an alarm due in a second.
     c = Continuation(Notifier)
     chain = Codec(trusted=True).dumps(chain_of(c.fire(c.result)))
     now = clock.now()
-    with sqlite3.connect(db_path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         for statement in MIGRATIONS[0].split(";"):
             if statement.strip():
@@ -79,33 +96,32 @@ async def test_a_database_of_the_first_version_is_migrated_and_keeps_its_rows(
             " ?, ?, ?, ?, '1')",
             (chain, now + 1, now + 1, now, now),
         )
-    async with open_system(Notifier) as system:
+    async with open_sqlite(Notifier) as system:
         await system.advance(1)
         assert (await system.continuation("old-1")).status == ContinuationStatus.COMPLETED
         assert await system.get(Notifier, "n").storage_get("fired") == "old-1"
-    with sqlite3.connect(db_path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
     assert versions == list(range(1, LATEST_VERSION + 1))
 
 
-async def test_an_unopenable_database_is_a_store_error(
-    open_system: OpenSystem, tmp_path: Any
-) -> None:
+async def test_an_unopenable_database_is_a_store_error(clock: ManualClock, tmp_path: Any) -> None:
+    system = ActorSystem(str(tmp_path / "missing-dir" / "x.db"), actors=[Notifier], clock=clock)
     with pytest.raises(StoreError, match="cannot open"):
-        async with open_system(Notifier, database=str(tmp_path / "missing-dir" / "x.db")):
+        async with system:
             pass
 
 
 async def test_a_firing_changed_by_another_process_is_not_committed(
-    open_system: OpenSystem, db_path: str, monkeypatch: pytest.MonkeyPatch
+    open_sqlite: OpenSystem, sqlite_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with open_system(Notifier) as system:
+    async with open_sqlite(Notifier) as system:
         cid = await system.get(Notifier, "n").schedule()
 
         def cancel_first(commits: Any, n: int) -> None:
             # Another process cancels the row between the fetch and the firing's commit.
             if n == 1:
-                with sqlite3.connect(db_path) as other:
+                with sqlite3.connect(sqlite_path) as other:
                     other.execute(
                         "UPDATE continuations SET status = 'cancelled', revision = revision + 1"
                         " WHERE id = ?",
@@ -194,12 +210,12 @@ async def test_a_firing_whose_commit_failed_fires_again(
     ],
 )
 async def test_the_scheduler_queries_use_an_index(
-    open_system: OpenSystem, db_path: str, query: str
+    open_sqlite: OpenSystem, sqlite_path: str, query: str
 ) -> None:
     # A scan here costs a pass over every pending row: 300 ms per tick with a million.
-    async with open_system(Notifier):
+    async with open_sqlite(Notifier):
         pass
-    with sqlite3.connect(db_path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
     assert "USING" in plan, plan
     assert "INDEX" in plan, plan
