@@ -8,6 +8,7 @@ fence, and a ``continuation_due`` notification that wakes other processes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -36,6 +37,7 @@ schemas of the same database hear these times too, and at worst look for due wor
 _POOL_MIN: Final = 1
 _POOL_MAX: Final = 4
 _CONNECT_TIMEOUT: Final = 10.0
+_LISTEN_RETRY_MAX: Final = 5.0  # seconds between attempts to listen again, at most
 _DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 _COLUMNS: Final = (
@@ -79,6 +81,8 @@ class PostgresStore:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._listener: asyncpg.Connection[asyncpg.Record] | None = None
         self._channel = CHANNEL  # with the schema, once open
+        self._hearers: list[Callable[[object, int, str, object], None]] = []
+        self._relistening: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self._url)!r}, durability={self._durability!r})"
@@ -118,6 +122,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        relistening, self._relistening = self._relistening, None
+        if relistening is not None:
+            relistening.cancel()
+            await asyncio.gather(relistening, return_exceptions=True)
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
@@ -130,6 +138,9 @@ class PostgresStore:
 
         The notifications arrive on a connection of their own, outside the pool; a payload
         that is not a time is logged and ignored, and so is an error raised by ``on_due``.
+        Should that connection drop (the server restarted, say), it is opened again with
+        capped backoff, and ``on_due(0.0)`` then says that anything may have fallen due
+        while no one was listening.
 
         Raises:
             StoreError: the store is not open, or the connection failed.
@@ -150,12 +161,45 @@ class PostgresStore:
             except Exception:
                 logger.exception("a %s listener failed", channel)
 
+        self._hearers.append(heard)
         try:
-            if self._listener is None:
-                self._listener = await asyncpg.connect(self._url, timeout=_CONNECT_TIMEOUT)
-            await self._listener.add_listener(self._channel, heard)
+            await self._listen_on_new_connection()
         except _DRIVER_ERRORS as exc:
+            self._hearers.remove(heard)
             raise StoreError(f"cannot listen on {self._what}: {_one_line(exc)}") from exc
+
+    async def _listen_on_new_connection(self) -> None:
+        if self._listener is None:
+            listener = await asyncpg.connect(self._url, timeout=_CONNECT_TIMEOUT)
+            listener.add_termination_listener(self._listener_lost)
+            self._listener = listener
+        for heard in self._hearers:
+            await self._listener.add_listener(self._channel, heard)
+
+    def _listener_lost(self, connection: object) -> None:
+        if self._pool is None or connection is not self._listener:
+            return  # closing
+        self._listener = None
+        logger.warning("the %s connection dropped; listening again", self._channel)
+        self._relistening = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.1
+        while self._pool is not None:
+            try:
+                await self._listen_on_new_connection()
+            except _DRIVER_ERRORS as exc:
+                if self._listener is not None:
+                    await self._listener.close()
+                    self._listener = None
+                logger.warning("listening on %s failed, again in %.1f s: %s",
+                               self._channel, delay, _one_line(exc))  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LISTEN_RETRY_MAX)
+                continue
+            for heard in self._hearers:
+                heard(self._listener, 0, self._channel, "0.0")  # missed meanwhile: look now
+            return
 
     @property
     def pool(self) -> asyncpg.Pool[asyncpg.Record]:

@@ -520,3 +520,32 @@ async def test_a_failing_listener_is_logged_and_the_others_keep_listening(
     finally:
         await listener.close()
     assert sum("listener failed" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_a_listener_whose_connection_drops_listens_again(
+    store: PostgresStore, postgres_db: PostgresDatabase, base: float
+) -> None:
+    listener = PostgresStore(postgres_db.url)
+    await listener.open()
+    heard = Heard(base)
+    woken: list[float] = []
+
+    def hear(due: float) -> None:
+        heard(due)
+        if due == 0.0:
+            woken.append(due)
+
+    try:
+        await listener.listen(hear)
+        connection = listener._listener
+        assert connection is not None
+        postgres_db.execute("SELECT pg_terminate_backend($1)", connection.get_server_pid())
+        # Listening again, it says at once that anything may be due: nothing was heard meanwhile.
+        async with asyncio.timeout(10):
+            while not woken:
+                await asyncio.sleep(0.01)  # polling for the reconnection, not for a timer
+        assert listener._listener is not connection
+        await store.apply([turn(base, new=[new("c", due=base + 3)])])
+        assert await heard.next() == 3
+    finally:
+        await listener.close()
