@@ -122,7 +122,7 @@ class OperationChain(BaseModel):
         recorded call and every decoded message, so this sets the same instance slots directly.
         """
         chain = _new(cls)
-        _setattr(chain, "__dict__", {"ops": ops})
+        _set_dict(chain, {"ops": ops})
         _set_fields_set(chain, _OPS_FIELD_SET)
         _set_extra(chain, None)
         _set_private(chain, None)
@@ -214,8 +214,9 @@ _OPS_FIELD_SET = frozenset({"ops"})
 
 
 def _slot_setter(name: str) -> Callable[[Any, Any], None]:
-    """The setter of one of pydantic's instance slots, called directly (cheaper than
-    ``object.__setattr__``); a plain setattr if a pydantic release stops using slots."""
+    """The setter of one of pydantic's instance slots (``__dict__`` among them), called
+    directly (cheaper than ``object.__setattr__``); a plain setattr if a pydantic release
+    stops using slots."""
     descriptor = vars(BaseModel).get(name)
     setter = getattr(descriptor, "__set__", None)
     if setter is not None:
@@ -223,6 +224,7 @@ def _slot_setter(name: str) -> Callable[[Any, Any], None]:
     return lambda obj, value: _setattr(obj, name, value)
 
 
+_set_dict = _slot_setter("__dict__")
 _set_fields_set = _slot_setter("__pydantic_fields_set__")
 _set_extra = _slot_setter("__pydantic_extra__")
 _set_private = _slot_setter("__pydantic_private__")

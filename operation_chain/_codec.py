@@ -89,7 +89,7 @@ class Codec:
         elif value is None or kind is bool:
             return value
         elif kind is OperationChain:
-            ops = plain_ops(value.ops)
+            ops = plain_ops(value.ops, self.max_depth)
             if ops is not None:
                 return {"$chain": ops}
         return self._run(value, Encoder.enc)
@@ -261,7 +261,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 def encode_chain(chain: OperationChain, codec: Codec = SAFE_CODEC) -> dict[str, Any]:
     """The versioned JSON form of a chain, ``{"v": 1, "ops": [...]}``."""
-    ops = plain_ops(chain.ops)
+    ops = plain_ops(chain.ops, codec.max_depth)
     if ops is None:
         ops = codec._run(chain, Encoder.ops)
     return {"v": CHAIN_VERSION, "ops": ops}

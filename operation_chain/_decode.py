@@ -302,23 +302,29 @@ class Decoder:
     def ops(self, data: Any, where: str) -> tuple[Operation, ...]:
         if type(data) is not list:
             raise ChainValidationError(f"{where}: ops must be a list")
-        self.descend()
+        self.depth += 1
+        if self.depth > self.codec.max_depth:
+            raise DecodeError(f"encoded data nests deeper than {self.codec.max_depth} levels")
         ops: list[Operation] = []
+        append = ops.append
         for op in data:
             # The two commonest shapes, inlined: a read of a name seen before, and a call
             # with both argument keys (what encode() writes). ``op`` does everything else.
             if type(op) is dict:
-                if len(op) == 2:
+                kind = op.get("op")
+                if kind == "get":
                     name = op.get("name")
-                    if op.get("op") == "get" and type(name) is str and name and name in GET_OPS:
-                        ops.append(GET_OPS[name])
-                        continue
-                elif len(op) == 3 and op.get("op") == "call":
+                    if len(op) == 2 and type(name) is str and name:
+                        known = _known_get(name)
+                        if known is not None:
+                            append(known)
+                            continue
+                elif kind == "call" and len(op) == 3:
                     args, kwargs = op.get("args"), op.get("kwargs")
                     if type(args) is list and type(kwargs) is dict:
-                        ops.append(self.call(args, kwargs))
+                        append(self.call(args, kwargs))
                         continue
-            ops.append(self.op(op, where, len(ops)))
+            append(self.op(op, where, len(ops)))
         self.depth -= 1
         return tuple(ops)
 
@@ -326,9 +332,20 @@ class Decoder:
         """A call operation from its well-formed ``args`` and ``kwargs``."""
         if not args and not kwargs:
             return NO_ARGUMENTS
+        values: list[Any] = []
+        append = values.append
+        for arg in args:
+            kind = type(arg)
+            if kind in _JSON_SCALARS:
+                append(arg)
+            elif kind is dict and len(arg) == 1 and "$chain" in arg:
+                # A nested chain, as pipelined calls send: what ``dec`` does, one call sooner.
+                append(_build_chain(self.ops(arg["$chain"], "$chain")))
+            else:
+                append(self.dec(arg))
         dec = self.dec
         return call_op(
-            tuple([a if type(a) in _JSON_SCALARS else dec(a) for a in args]) if args else (),
+            tuple(values),
             {k: v if type(v) in _JSON_SCALARS else dec(v) for k, v in kwargs.items()}
             if kwargs
             else {},
@@ -357,6 +374,8 @@ class Decoder:
 
 
 _NO_KWARGS: dict[str, Any] = {}
+_known_get = GET_OPS.get  # a plain dict lookup: no GetOp is made for a name never seen
+_build_chain = OperationChain._build
 
 
 def _op_error(data: Any, where: str) -> ChainValidationError:

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import traceback
 import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -431,46 +432,84 @@ class Encoder:
         return out
 
 
-def plain_ops(ops: tuple[Operation, ...]) -> list[dict[str, Any]] | None:
-    """The encoded operations when every argument and item key encodes to itself, else
-    ``None``: the common chain (``p.increment(2)``) then needs no ``Encoder`` walk.
+def plain_ops(ops: tuple[Operation, ...], max_depth: int) -> list[dict[str, Any]] | None:
+    """The encoded operations when every argument and item key encodes to itself or is a
+    nested chain of the same kind, else ``None``: the common chain (``p.increment(2)``, or a
+    pipelined ``p.add(p.ping(), 1)``) then needs no ``Encoder`` walk.
 
-    Only values that are their own encoding pass: ASCII strings, integers in the JSON
-    range, finite floats, booleans and ``None``; anything else, even a non-ASCII string,
-    goes through ``Encoder.op``, which produces the same tree for what passes here.
+    Only values that are their own encoding pass, with markers and nested chains: ASCII
+    strings, integers in the JSON range, finite floats, booleans and ``None``. Anything else,
+    even a non-ASCII string, a nested chain met twice (the ``Encoder`` writes a ``$ref``) or
+    chains nested deeper than ``max_depth`` (the ``Encoder`` refuses them) gives ``None``,
+    and the caller runs ``Encoder.op``, which produces the same tree for what passes here.
     """
+    try:
+        return _plain_ops(ops, max_depth - 1, set())
+    except RecursionError:  # a roomy max_depth: the Encoder reports it as a CodecError
+        return None
+
+
+def _plain_ops(
+    ops: tuple[Operation, ...], budget: int, seen: set[int]
+) -> list[dict[str, Any]] | None:
+    """``plain_ops`` for a chain under which ``budget`` more levels of chains may nest;
+    ``seen`` holds the ids of the nested chains met so far."""
     out: list[dict[str, Any]] = []
     for op in ops:
         if type(op) is GetOp:
             out.append({"op": "get", "name": op.name})
         elif type(op) is CallOp:
             args, kwargs = op.args, op.kwargs
-            if (args and not _all_plain(args)) or (kwargs and not _all_plain(kwargs.values())):
+            encoded_args = _plain_values(args, budget, seen) if args else []
+            if encoded_args is None:
                 return None
-            out.append({"op": "call", "args": list(args), "kwargs": dict(kwargs)})
-        elif type(op) is ItemOp and _all_plain((op.key,)):
-            out.append({"op": "item", "key": op.key})
+            if kwargs:
+                values = _plain_values(kwargs.values(), budget, seen)
+                if values is None:
+                    return None
+                encoded_kwargs = dict(zip(kwargs, values, strict=True))
+            else:
+                encoded_kwargs = {}
+            out.append({"op": "call", "args": encoded_args, "kwargs": encoded_kwargs})
+        elif type(op) is ItemOp:
+            key = _plain_values((op.key,), budget, seen)
+            if key is None:
+                return None
+            out.append({"op": "item", "key": key[0]})
         else:
             return None
     return out
 
 
-def _all_plain(values: Any) -> bool:
-    """Whether every value is a JSON scalar that encodes to itself."""
+def _plain_values(values: Iterable[Any], budget: int, seen: set[int]) -> list[Any] | None:
+    """The encoded ``values`` when each is its own encoding, a marker or a plain nested
+    chain (see ``plain_ops``), else ``None``."""
+    out: list[Any] = []
     for value in values:
         kind = type(value)
         if kind is str:
             if not value.isascii():
-                return False
+                return None
         elif kind is int:
             if not INT_MIN <= value <= INT_MAX:
-                return False
+                return None
+        elif kind is OperationChain:
+            if not budget or id(value) in seen:
+                return None
+            seen.add(id(value))
+            nested = _plain_ops(value.ops, budget - 1, seen)
+            if nested is None:
+                return None
+            value = {"$chain": nested}
         elif kind is float:
             if value - value != 0.0:  # nan and the infinities are tagged
-                return False
+                return None
+        elif kind is Marker:
+            value = {"$marker": value.name}
         elif kind is not bool and value is not None:
-            return False
-    return True
+            return None
+        out.append(value)
+    return out
 
 
 def _utf8_clean(text: str) -> bool:

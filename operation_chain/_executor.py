@@ -240,6 +240,7 @@ class _AsyncRun(_Run):
     async def run(self, chain: OperationChain) -> Any:
         """Run ``chain`` from the root target, awaiting every awaitable value."""
         value, check_get, check_call = self.target, self.check_get, self.check_call
+        results = self.results
         for op in chain.ops:
             if type(op) is GetOp:
                 check_get(value, op.name)
@@ -247,21 +248,35 @@ class _AsyncRun(_Run):
             elif type(op) is CallOp:
                 check_call(value)  # before any nested chain of the call runs
                 args, kwargs = op.args, op.kwargs
-                chains = _direct_chains(args, kwargs)
-                if chains is None:  # containers or markers to search
+                # One pass while the arguments are plain values or nested chains passed
+                # directly, as pipelined calls are: each chain runs (once per execution) as
+                # it is met, in argument order. A container or a marker stops the pass, and
+                # ``run_nested`` runs the rest in the same order (skipping those that ran).
+                values: list[Any] = []
+                append = values.append
+                resolved: list[Any] | None = values  # None once the pass stops
+                for arg in (*args, *kwargs.values()) if kwargs else args:
+                    kind = type(arg)
+                    if kind in SCALAR_TYPES:
+                        pass
+                    elif kind is OperationChain or isinstance(arg, OperationChain):
+                        done = results.get(id(arg))
+                        if done is None:
+                            done = results[id(arg)] = (arg, await self.run(arg))
+                        arg = done[1]
+                    elif kind is list or kind is tuple or kind is dict or isinstance(arg, Marker):
+                        resolved = None
+                        break
+                    append(arg)
+                if resolved is None:
                     await self.run_nested((*args, *kwargs.values()))
                     value = self.call_resolved(value, op)
-                elif chains:  # nested chains passed directly, as pipelined calls are
-                    results = self.results
-                    for nested in chains:
-                        if id(nested) not in results:
-                            results[id(nested)] = (nested, await self.run(nested))
-                    args = tuple([_result(results, arg) for arg in args])
-                    if kwargs:
-                        kwargs = {name: _result(results, arg) for name, arg in kwargs.items()}
-                    value = value(*args, **kwargs)
+                elif kwargs:
+                    count = len(args)
+                    positional, named = resolved[:count], resolved[count:]
+                    value = value(*positional, **dict(zip(kwargs, named, strict=True)))
                 else:
-                    value = value(*args, **kwargs) if kwargs else value(*args)
+                    value = value(*resolved)
             elif type(op) is ItemOp:
                 key = op.key
                 if type(key) not in SCALAR_TYPES and _has_dynamic((key,)):
@@ -328,27 +343,6 @@ def _call_is_dynamic(op: CallOp) -> bool:
         if type(value) not in SCALAR_TYPES:
             return _has_dynamic(op.args) or _has_dynamic(op.kwargs.values())
     return bool(op.kwargs) and _has_dynamic(op.kwargs.values())
-
-
-def _direct_chains(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[OperationChain] | None:
-    """The nested chains among a call's arguments when none is a container or a marker
-    (an empty list when there are none); ``None`` when some argument needs ``resolve``."""
-    chains: list[OperationChain] = []
-    for values in (args, kwargs.values()) if kwargs else (args,):
-        for value in values:
-            kind = type(value)
-            if kind in SCALAR_TYPES:
-                continue
-            if kind is list or kind is tuple or kind is dict or isinstance(value, Marker):
-                return None
-            if isinstance(value, OperationChain):
-                chains.append(value)
-    return chains
-
-
-def _result(results: dict[int, tuple[OperationChain, Any]], value: Any) -> Any:
-    """An argument's value: the result of a nested chain that ran, or the argument itself."""
-    return results[id(value)][1] if isinstance(value, OperationChain) else value
 
 
 def _nested_chains(values: Iterable[Any], seen: set[int]) -> Iterator[OperationChain]:

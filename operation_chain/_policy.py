@@ -392,7 +392,6 @@ class _StaticCheck:
     """
 
     __slots__ = (
-        "_active",
         "_heights",
         "_injected",
         "_max_arguments",
@@ -413,7 +412,7 @@ class _StaticCheck:
         self._max_depth = policy.max_depth
         self._max_operations = policy.max_operations
         self._operations = 0
-        self._active: set[int] = set()
+        # Each nested chain met (by id), with its height: 0 while it is being walked.
         self._heights: dict[int, tuple[OperationChain, int]] = {}
         # When a dict: for each distinct verdict of _check_first (it depends only on the
         # first operation, and for a read on its name and whether a call follows), the
@@ -428,12 +427,13 @@ class _StaticCheck:
     def _nested(self, chain: OperationChain, depth: int) -> int:
         """Check a chain nested at ``depth``; return its height (1 when flat)."""
         key = id(chain)
-        known = self._heights.get(key)
-        if known is not None:
+        heights = self._heights
+        known = heights.get(key)
+        if known is not None and known[1]:
             if depth - 1 + known[1] > self._max_depth:
                 self._refuse_depth(depth - 1 + known[1])
             return known[1]
-        if chain is self._top or key in self._active:
+        if known is not None or chain is self._top:  # met again while being walked
             # Not rendered: the text of a chain that contains itself never ends.
             raise ChainValidationError(
                 "a nested chain contains itself through its arguments and would never finish"
@@ -441,10 +441,9 @@ class _StaticCheck:
             )
         if depth > self._max_depth:
             self._refuse_depth(depth)
-        self._active.add(key)
+        heights[key] = (chain, 0)  # height 0: being walked
         height = self._walk_chain(chain, depth)
-        self._active.discard(key)
-        self._heights[key] = (chain, height)
+        heights[key] = (chain, height)
         return height
 
     def _walk_chain(self, chain: OperationChain, depth: int) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from types import NoneType
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from types import MappingProxyType, NoneType
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from ._chain import GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op
 from ._errors import MixedRootsError
@@ -12,8 +13,45 @@ if TYPE_CHECKING:
     from typing import Self
 
 _new = object.__new__
+_get_attribute = object.__getattribute__
+_P = TypeVar("_P", bound="OperationProxy")
 
 _SCALARS: Final = frozenset({NoneType, bool, int, float, str, bytes})
+
+# The slot descriptors of ``type`` itself, read without running any user code.
+_type_mro: Final = type.__dict__["__mro__"].__get__
+_type_namespace: Final = type.__dict__["__dict__"].__get__
+
+
+def _read_attribute(self: OperationProxy, name: str) -> Any:
+    """``OperationProxy.__getattribute__``: normal lookup, with a shortcut for the names that
+    ``__getattr__`` would record.
+
+    Python calls ``__getattr__`` only once the normal lookup has failed, and before 3.12 that
+    failure builds an ``AttributeError`` with a formatted message, which costs more than the
+    recording itself. A public name that no class along the MRO defines cannot be found by
+    normal lookup when the instances have no ``__dict__``, so when ``__getattr__`` is this
+    class's own, the read is recorded here at once. Anything else takes the normal lookup and,
+    if it fails, ``__getattr__`` (a subclass's own included), exactly as without this method.
+    Code in this module reads the proxy's slots through their descriptors, not through here.
+    """
+    if name[0] != "_":
+        cls = type(self)
+        entry = _NAMESPACES.get(cls)
+        if entry is None or entry[0] is not _type_mro(cls):
+            entry = _namespaces(cls)
+        if entry[1] is not None and cls.__getattr__ is _record_read:
+            for namespace in entry[1]:
+                if name in namespace:
+                    break
+            else:
+                # _derive, inlined: attribute reads are the commonest step.
+                child = _new(cls)
+                child._proxy_root = _root_of(self)
+                child._proxy_ops = (*_ops_of(self), GET_OPS[name])
+                child._proxy_chain = None
+                return child
+    return _get_attribute(self, name)
 
 
 class OperationProxy:
@@ -44,38 +82,42 @@ class OperationProxy:
 
     def _proxy_derive(self, op: Operation) -> Self:
         """A child proxy of the same type and root, one operation further along."""
-        child = _new(type(self))
-        child._proxy_root = self._proxy_root
-        child._proxy_ops = (*self._proxy_ops, op)
-        child._proxy_chain = None
-        return child
+        return _derive(self, op)
 
     def __getattr__(self, name: str) -> Self:
         if name[0] == "_" and name[:2] == "__" and name[-2:] == "__":
             raise AttributeError(name)
-        # _proxy_derive, inlined: attribute reads are the commonest step.
-        child = _new(type(self))
-        child._proxy_root = self._proxy_root
-        child._proxy_ops = (*self._proxy_ops, GET_OPS[name])
-        child._proxy_chain = None
-        return child
+        return _derive(self, GET_OPS[name])
+
+    if not TYPE_CHECKING:  # pragma: no branch
+        # Hidden from type checkers, which would otherwise type every recorded read by its
+        # return type rather than by ``__getattr__``'s.
+        __getattribute__ = _read_attribute
 
     def __getitem__(self, key: Any) -> Self:
         if type(key) in _SCALARS or not _has_proxy((key,)):
-            return self._proxy_derive(ItemOp(key))
-        return self._proxy_derive(ItemOp(_Arguments(self._proxy_root).convert(key)))
+            return _derive(self, ItemOp(key))
+        return _derive(self, ItemOp(_Arguments(_root_of(self)).convert(key)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Self:
         if kwargs:
             if _has_proxy(args) or _has_proxy(kwargs.values()):
-                convert = _Arguments(self._proxy_root).convert
+                convert = _Arguments(_root_of(self)).convert
                 args = tuple([convert(a) for a in args])
                 kwargs = {k: convert(v) for k, v in kwargs.items()}
         elif not args:
-            return self._proxy_derive(NO_ARGUMENTS)
-        elif _has_proxy(args):
-            args = _convert_args(self._proxy_root, args)
-        return self._proxy_derive(call_op(args, kwargs))
+            return _derive(self, NO_ARGUMENTS)
+        else:
+            for value in args:
+                if type(value) not in _SCALARS:
+                    args = _convert_args(_root_of(self), args)
+                    break
+        # _derive, inlined: calls are the other common step.
+        child = _new(type(self))
+        child._proxy_root = _root_of(self)
+        child._proxy_ops = (*_ops_of(self), call_op(args, kwargs))
+        child._proxy_chain = None
+        return child
 
     def __iter__(self) -> Any:
         # Without this, __getitem__ would make ``list(proxy)`` record p[0], p[1], ... forever.
@@ -89,6 +131,59 @@ class OperationProxy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(chain_of(self))!r})"
+
+
+# The proxy's own slots, read through their descriptors: ``__getattribute__`` is Python code,
+# and these reads are on every recorded step.
+_root_of: Final = cast(
+    "Callable[[OperationProxy], OperationProxy]", OperationProxy.__dict__["_proxy_root"].__get__
+)
+_ops_of: Final = cast(
+    "Callable[[OperationProxy], tuple[Operation, ...]]",
+    OperationProxy.__dict__["_proxy_ops"].__get__,
+)
+_chain_slot: Final = OperationProxy.__dict__["_proxy_chain"]
+_cached_chain_of: Final = cast(
+    "Callable[[OperationProxy], OperationChain | None]", _chain_slot.__get__
+)
+_build_chain: Final = OperationChain._build
+_record_read: Final = OperationProxy.__dict__["__getattr__"]
+_cache_chain: Final = cast("Callable[[OperationProxy, OperationChain], None]", _chain_slot.__set__)
+
+
+def _derive(parent: _P, op: Operation) -> _P:
+    """A child proxy of the parent's type and root, one operation further along."""
+    child = _new(type(parent))
+    child._proxy_root = _root_of(parent)
+    child._proxy_ops = (*_ops_of(parent), op)
+    child._proxy_chain = None
+    return child
+
+
+_NamespacesEntry = tuple[tuple[type, ...], tuple[MappingProxyType[str, Any], ...] | None]
+_NAMESPACES: Final[dict[type, _NamespacesEntry]] = {}
+_NAMESPACES_LIMIT: Final = 1024  # bounded because classes can be made at run time
+
+
+def _namespaces(cls: type) -> _NamespacesEntry:
+    """The MRO of ``cls`` and the live namespaces where normal lookup looks for a public name
+    on its instances.
+
+    The namespaces are ``None`` when the instances have a ``__dict__``, which can hold any
+    name. ``object``'s namespace is left out: it holds no public name and cannot change. The
+    namespaces are views, so a class attribute added later is seen; the entry is keyed to the
+    MRO, which changes when ``__bases__`` is assigned.
+    """
+    mro = _type_mro(cls)
+    namespaces = (
+        None
+        if cls.__dictoffset__
+        else tuple([_type_namespace(base) for base in mro if base is not object])
+    )
+    entry = (mro, namespaces)
+    if len(_NAMESPACES) < _NAMESPACES_LIMIT:
+        _NAMESPACES[cls] = entry
+    return entry
 
 
 class _Arguments:
@@ -110,12 +205,12 @@ class _Arguments:
         if kind is list or kind is tuple or kind is dict:
             return self._container(value, kind)
         if isinstance(value, OperationProxy):
-            if value._proxy_root is not self.root:
+            if _root_of(value) is not self.root:
                 raise MixedRootsError(
                     f"the proxy {value!r} belongs to another root than the chain it is used in;"
                     " record every part of one chain on the same proxy"
                 )
-            return chain_of(value)
+            return _chain_of(value)
         return value
 
     def _container(self, value: Any, kind: type) -> Any:
@@ -144,19 +239,24 @@ class _Arguments:
 
 def _convert_args(root: OperationProxy, values: tuple[Any, ...]) -> tuple[Any, ...]:
     """Positional arguments with their proxies turned into chains: ``_Arguments.convert``
-    on each, but quick for proxies passed directly, as pipelined calls are."""
+    on each, but quick for proxies passed directly, as pipelined calls are. ``values``
+    itself when it holds no proxy."""
     arguments: _Arguments | None = None
     out: list[Any] = []
+    changed = False
     for value in values:
         if type(value) in _SCALARS:
             out.append(value)
-        elif isinstance(value, OperationProxy) and value._proxy_root is root:
-            out.append(chain_of(value))
+        elif isinstance(value, OperationProxy) and _root_of(value) is root:
+            out.append(_chain_of(value))
+            changed = True
         else:
             if arguments is None:
                 arguments = _Arguments(root)
-            out.append(arguments.convert(value))
-    return tuple(out)
+            converted = arguments.convert(value)
+            out.append(converted)
+            changed = changed or converted is not value
+    return tuple(out) if changed else values
 
 
 def _has_proxy(values: Any, seen: set[int] | None = None) -> bool:
@@ -184,7 +284,13 @@ def chain_of(proxy: OperationProxy) -> OperationChain:
     """
     if not isinstance(proxy, OperationProxy):
         raise TypeError(f"chain_of() takes an OperationProxy, not {type(proxy).__name__}")
-    chain = proxy._proxy_chain
+    return _chain_of(proxy)
+
+
+def _chain_of(proxy: OperationProxy) -> OperationChain:
+    """``chain_of`` for a proxy known to be one."""
+    chain = _cached_chain_of(proxy)
     if chain is None:
-        chain = proxy._proxy_chain = OperationChain._build(proxy._proxy_ops)
+        chain = _build_chain(_ops_of(proxy))
+        _cache_chain(proxy, chain)
     return chain

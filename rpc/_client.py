@@ -2,8 +2,9 @@
 
 Recording is ``OperationProxy``'s: ``client.rooms.get("a").post("hi")`` builds one chain and
 sends nothing. ``await`` queues the chain; every chain awaited in the same event-loop tick
-goes in one batch, sent by a task that starts on the next tick. Each await settles on its
-own, with the call's value or its error.
+goes in one batch, sent on the next tick: by a callback when the transport can write at once
+(an open WebSocket), else by a task. Each await settles on its own, with the call's value or
+its error.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ._answers import settle_answer, settle_error
 from ._batch import PendingCall, Plan, plan_batch
 from ._errors import ClientClosedError, RpcTimeoutError
 from ._host import DownstreamMessage
-from ._transports.base import RpcRequest, RpcResponse, Transport
+from ._transports.base import AnswerCallback, RpcRequest, RpcResponse, Transport
 
 logger = logging.getLogger("rpc.client")
 
@@ -89,8 +90,11 @@ class RpcClient:
         self._transport = transport
         _USERS[transport] = _USERS.get(transport, 0) + 1
         self._on_downstream = on_downstream
+        # Whether the transport may be able to send without waiting (``_start_request_now``):
+        # then a batch leaves from a callback, and a task is made only when it must wait.
+        self._sends_now = type(transport)._start_request_now is not Transport._start_request_now
         self._proxy = RpcProxy(self)
-        self._queue: _Batch | None = None  # this tick's batch, until its task starts
+        self._queue: _Batch | None = None  # this tick's batch, until it is sent
         # Every batch until it is over, oldest (so earliest deadline) first: an ordered set.
         self._batches: dict[_Batch, None] = {}
         self._watchdog: asyncio.TimerHandle | None = None  # fires at the earliest deadline
@@ -173,7 +177,10 @@ class RpcClient:
             deadline = None if timeout is None else loop.time() + timeout
             batch = self._queue = _Batch(timeout, deadline)
             self._batches[batch] = None
-            batch.task = self._start_batch(self._send_queued(batch))
+            if self._sends_now:
+                loop.call_soon(self._flush, batch)
+            else:
+                batch.task = self._start_batch(self._send_queued(batch))
             if deadline is not None:
                 watchdog = self._watchdog
                 if watchdog is None or deadline < watchdog.when():  # None: the usual case
@@ -189,19 +196,46 @@ class RpcClient:
 
     def _start_batch(self, coroutine: Any) -> asyncio.Task[None]:
         """A task that sends a batch; unlike ``_start`` it leaves ``_tasks`` itself (in
-        ``_send_queued``), which saves a callback per batch."""
+        ``_send_queued`` or ``_wait_and_send``), which saves a callback per batch."""
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         return task
 
-    async def _send_queued(self, batch: _Batch, again: list[PendingCall] | None = None) -> None:
-        """The batch task, started on the tick after its first call: send the calls awaited
-        in that tick (or ``again``, those a partial refusal did not concern)."""
-        if again is None:
+    def _flush(self, batch: _Batch) -> None:
+        """Send the calls awaited in the tick before, from a callback (see ``_submit``).
+
+        Sending from a callback rather than a task spares a task per batch, a noticeable
+        share of a small call's round trip; a task takes over whenever sending has to wait
+        (the downstream subscription, a connection being made, a full write buffer).
+        """
+        self._queue = None
+        calls = [call for call in batch.calls if not call.future.done()]
+        if not calls:  # every caller has stopped waiting already
+            self._batches.pop(batch, None)
+            return
+        if not self._opened:
+            batch.task = self._start_batch(self._send_queued(batch, calls))
+            return
+        try:
+            sent = self._request(batch, calls)
+            if sent is None:
+                return
+            request, on_answer, token = sent
+            stop = self._transport._start_request_now(request, on_answer)
+        except Exception as exc:  # a transport's fault; a task would settle the calls alike
+            self._fail(batch, calls, exc)
+            return
+        if stop is None:
+            batch.task = self._start_batch(self._wait_and_send(batch, calls, *sent))
+        elif batch.request is token:  # not answered yet: the usual case
+            batch.stop = stop
+
+    async def _send_queued(self, batch: _Batch, calls: list[PendingCall] | None = None) -> None:
+        """The batch task: send ``calls``, or else the calls awaited in the tick before the
+        one it started on, those still waiting."""
+        if calls is None:
             self._queue = None
             calls = [call for call in batch.calls if not call.future.done()]
-        else:
-            calls = again
         if not calls:  # every caller has stopped waiting already
             self._batches.pop(batch, None)
             self._tasks.discard(asyncio.current_task())
@@ -209,30 +243,60 @@ class RpcClient:
         try:
             if not self._opened:
                 await self._open()
-            await self._send(batch, calls)
+            sent = self._request(batch, calls)
+            if sent is not None:
+                await self._send_request(batch, *sent)
         except Exception as exc:
-            for call in calls:
-                settle_error(call, exc)
-            self._batches.pop(batch, None)
+            self._fail(batch, calls, exc)
         finally:
             self._tasks.discard(asyncio.current_task())
 
-    async def _send(self, batch: _Batch, calls: list[PendingCall]) -> None:
-        """Send ``calls`` as one request; ``_answered`` settles them when the answer comes."""
+    async def _wait_and_send(
+        self,
+        batch: _Batch,
+        calls: list[PendingCall],
+        request: RpcRequest,
+        on_answer: AnswerCallback,
+        token: object,
+    ) -> None:
+        """The batch task for a request the transport could not send at once."""
+        try:
+            await self._send_request(batch, request, on_answer, token)
+        except Exception as exc:
+            self._fail(batch, calls, exc)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    def _request(
+        self, batch: _Batch, calls: list[PendingCall]
+    ) -> tuple[RpcRequest, AnswerCallback, object] | None:
+        """Plan ``calls`` as one request: the request, the callback that settles its calls
+        (``_answered``) and its token; ``None`` when none of them can be sent."""
         plan = plan_batch(calls)
         for call, error in plan.failed:
             settle_error(call, error)
         if not plan.waiting:
             self._batches.pop(batch, None)
-            return
+            return None
         request = RpcRequest(self.binding, self.instance, plan.payload)
         # A token for this request: the batch may have sent another (after a partial
         # refusal) by the time a late answer to this one comes, or the transport returns.
         token = batch.request = object()
-        on_answer = functools.partial(self._answered, batch, plan, token)
+        return request, functools.partial(self._answered, batch, plan, token), token
+
+    async def _send_request(
+        self, batch: _Batch, request: RpcRequest, on_answer: AnswerCallback, token: object
+    ) -> None:
+        """Send a request made by ``_request``; ``on_answer`` settles it when it comes."""
         stop = await self._transport._start_request(request, on_answer)
         if batch.request is token:  # not answered yet: the usual case over a WebSocket
             batch.stop = stop
+
+    def _fail(self, batch: _Batch, calls: list[PendingCall], error: Exception) -> None:
+        """Sending ``calls`` failed: settle them with ``error``; the batch is over."""
+        for call in calls:
+            settle_error(call, error)
+        self._batches.pop(batch, None)
 
     def _answered(
         self, batch: _Batch, plan: Plan, token: object, answer: RpcResponse | Exception
@@ -290,7 +354,8 @@ class RpcClient:
                 call, RpcTimeoutError(f"`{call.chain}` got no answer within {batch.timeout} s")
             )
         batch.stop_waiting()
-        batch.task.cancel()
+        if batch.task is not None:
+            batch.task.cancel()
 
     # -- downstream --------------------------------------------------------------------------
 
@@ -337,19 +402,19 @@ class _Batch:
         timeout: the client's timeout when the batch was made.
         deadline: the loop time when its calls time out; ``None`` without a timeout.
         calls: the calls, in the order they were awaited.
-        task: the task sending its request (or, after a partial refusal, sending again).
+        task: the task sending its request (or, after a partial refusal, sending again);
+            ``None`` while no task was needed (the request left from a callback).
         request: a token for the request whose answer is awaited, if one is.
         stop: stops the transport waiting for that answer.
     """
 
     __slots__ = ("calls", "deadline", "request", "stop", "task", "timeout")
 
-    task: asyncio.Task[None]  # set as soon as the batch is made: the task needs the batch
-
     def __init__(self, timeout: float | None, deadline: float | None) -> None:
         self.timeout = timeout
         self.deadline = deadline
         self.calls: list[PendingCall] = []
+        self.task: asyncio.Task[None] | None = None
         self.request: object | None = None
         self.stop: Callable[[], None] = _nothing
 

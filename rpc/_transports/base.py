@@ -86,6 +86,18 @@ class Transport(ABC):
             on_answer(response)
         return _nothing
 
+    def _start_request_now(
+        self, request: RpcRequest, on_answer: AnswerCallback
+    ) -> Callable[[], None] | None:
+        """Send one batch at once, without waiting, if the transport can; else ``None``,
+        having sent nothing, and the client then calls ``_start_request`` from a task.
+
+        What ``RpcClient`` tries first, from a callback, when a transport overrides it: a
+        batch so leaves without a task of its own. Returns what ``_start_request`` returns;
+        ``on_answer`` is called later, as there. This default never can.
+        """
+        return None
+
     async def subscribe(self, client_id: str, listener: DownstreamListener) -> Callable[[], None]:
         """Deliver the downstream messages addressed to ``client_id`` to ``listener``.
 

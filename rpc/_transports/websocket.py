@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.frames import DATA_OPCODES, Frame
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 
 from operation_chain import OperationChainError
 
@@ -101,6 +101,25 @@ class _Connection(ClientConnection):
             on_message(data)
         except Exception:  # raised into websockets, it would fail the connection
             logger.exception("handling a message from the server failed")
+
+    def send_now(self, message: bytes) -> bool:
+        """Write ``message`` as one binary frame at once, if the connection is open and
+        nothing waits to be written; else write nothing and return false.
+
+        What ``send`` does on that path, without its ``async with`` and its ``await``: the
+        frame goes straight to the socket, and ``send`` itself is left for when writing has
+        to wait (an open connection whose buffer holds data, one closing or closed). The
+        transport never sends a message in fragments, so none can be half sent here.
+        """
+        if (
+            self.protocol.state is not State.OPEN
+            or self.transport.is_closing()
+            or self.transport.get_write_buffer_size()
+        ):
+            return False
+        self.protocol.send_binary(message)
+        self.send_data()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -210,6 +229,25 @@ class WebSocketTransport(Transport):
         self, request: RpcRequest, on_answer: AnswerCallback
     ) -> Callable[[], None]:
         request_id = await self._send(_call_frame(request), on_answer)
+        return functools.partial(self._forget, request_id)
+
+    def _start_request_now(
+        self, request: RpcRequest, on_answer: AnswerCallback
+    ) -> Callable[[], None] | None:
+        """Write the request on the open connection at once, if it can take it (see
+        ``_Connection.send_now``); else ``None``, and ``_start_request`` connects or waits.
+
+        Written in one go, it cannot be half sent when the connection drops: from then on
+        ``_lost`` rejects it like any request in flight.
+        """
+        conn = self._conn
+        if not isinstance(conn, _Connection) or self._closed:  # not connected
+            return None
+        frame = _call_frame(request)
+        request_id = frame["id"] = next(self._ids)
+        if not conn.send_now(orjson.dumps(frame)):
+            return None
+        self._pending[request_id] = (conn, on_answer)  # nothing can answer it before this
         return functools.partial(self._forget, request_id)
 
     def _forget(self, request_id: int) -> None:

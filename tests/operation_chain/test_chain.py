@@ -24,7 +24,10 @@ from operation_chain import (
     OperationChainError,
     OperationProxy,
     chain_of,
+    decode,
+    encode,
 )
+from tests.operation_chain.chain_strategies import nested_chains
 from tests.strategies import equivalent, values
 
 names = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
@@ -90,6 +93,49 @@ def test_chain_json_roundtrips(chain: OperationChain) -> None:
     assert equivalent(back, chain)
     # Not byte equality: a rebuilt set may iterate its members in another order.
     assert equivalent(OperationChain.from_json(back.to_json()), chain)
+
+
+@settings(max_examples=150)
+@given(nested_chains())
+def test_chains_nesting_chains_roundtrip_with_their_sharing(chain: OperationChain) -> None:
+    # Nested chains passed directly take the decoder's shortcut; inside lists and dicts, or
+    # written as $id/$ref when used twice, they take the general one. Both must rebuild the
+    # same chain, sharing the same nested chain objects where the original did.
+    for back in (
+        OperationChain.from_parsed_json(orjson.loads(chain.to_json())),
+        OperationChain.model_validate(orjson.loads(chain.to_json())),
+        decode(encode(chain)),
+    ):
+        assert equivalent(back, chain)
+        assert _nested_identity(back) == _nested_identity(chain)
+
+
+def _nested_identity(chain: OperationChain) -> list[int]:
+    """For each nested chain met walking the arguments, the index of its first meeting."""
+    first: dict[int, int] = {}
+    shape: list[int] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, OperationChain):
+            shape.append(first.setdefault(id(value), len(first)))
+            for op in value.ops:
+                for item in _op_values(op):
+                    visit(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    visit(chain)
+    return shape
+
+
+def _op_values(op: Any) -> list[Any]:
+    if isinstance(op, CallOp):
+        return [*op.args, *op.kwargs.values()]
+    return [op.key] if isinstance(op, ItemOp) else []
 
 
 def test_pydantic_entry_points_use_the_same_json_form() -> None:

@@ -40,6 +40,7 @@ from operation_chain import (
     loads,
     register_type,
 )
+from tests.operation_chain.chain_strategies import nested_chains
 from tests.strategies import (
     Color,
     Item,
@@ -576,6 +577,44 @@ def test_the_encoding_shortcuts_write_what_the_full_walk_writes(value: Any) -> N
     assert encode(value) == SAFE_CODEC._run(value, Encoder.enc)
     if isinstance(value, OperationChain):
         assert encode_chain(value)["ops"] == SAFE_CODEC._run(value, Encoder.ops)
+
+
+def _outcome(encode_value: Any, value: Any) -> Any:
+    """What encoding gives: the tree, or the type and message of the error raised."""
+    try:
+        return encode_value(value)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=200)
+@given(nested_chains(), st.sampled_from([1, 2, 3, 5, 100]))
+def test_the_nested_chain_shortcut_writes_what_the_full_walk_writes(
+    chain: OperationChain, max_depth: int
+) -> None:
+    # Pipelined calls nest a chain per call; the shortcut must give way to the full walk for
+    # a chain used twice ($id/$ref), a value that is not its own encoding, or nesting past
+    # max_depth (refused with a path), and write the same tree otherwise.
+    from operation_chain._codec import encode_chain
+    from operation_chain._encode import Encoder
+
+    codec = Codec(max_depth=max_depth)
+    assert _outcome(codec.encode, chain) == _outcome(lambda v: codec._run(v, Encoder.enc), chain)
+    assert _outcome(lambda c: encode_chain(c, codec)["ops"], chain) == _outcome(
+        lambda c: codec._run(c, Encoder.ops), chain
+    )
+
+
+def test_a_chain_nested_deeper_than_the_stack_is_a_codec_error() -> None:
+    p = OperationProxy()
+    value = p.start()
+    for _ in range(3000):
+        value = p.step(value)
+    roomy = Codec(max_depth=100_000)
+    with pytest.raises(CodecError, match="too deeply"):
+        roomy.encode(chain_of(value))
+    with pytest.raises(UnsupportedTypeError, match="deeper than 100"):
+        encode(chain_of(value))
 
 
 def test_a_proxy_inside_a_set_is_refused_with_advice() -> None:

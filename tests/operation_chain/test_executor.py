@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import types
 from collections.abc import Generator
@@ -23,6 +24,7 @@ from operation_chain._executor import execute_operation_chain, execute_operation
 from operation_chain._markers import ERROR, RESULT
 from operation_chain._policy import DEFAULT_POLICY, ExecutionPolicy, expose
 from operation_chain._proxy import OperationProxy, chain_of
+from tests.operation_chain.chain_strategies import nested_chains
 
 
 def build(*ops: Any) -> OperationChain:
@@ -661,6 +663,55 @@ def test_a_recorded_chain_gives_the_same_result_as_the_direct_calls(program: Any
     assert result == call_directly(direct, steps_)
     assert executed.calls == direct.calls
     assert executed.total == direct.total
+
+
+class Box:
+    """What ``Logged`` returns: equal by number, and subscriptable by anything."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def __getitem__(self, key: Any) -> tuple[int, str]:
+        return self.number, repr(key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and other.number == self.number
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Box({self.number})"
+
+
+class Logged:
+    """Logs every call with the arguments it received, in the order the calls came."""
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+
+    def f(self, *args: Any, **kwargs: Any) -> Box:
+        self.log.append(("f", args, kwargs))
+        return Box(len(self.log))
+
+    def g(self, *args: Any, **kwargs: Any) -> Box:
+        self.log.append(("g", args, kwargs))
+        return Box(len(self.log))
+
+
+@given(nested_chains())
+def test_the_async_executor_runs_nested_chains_as_the_sync_one_does(chain: OperationChain) -> None:
+    # The sync executor resolves every argument through ``resolve``; the async one takes a
+    # single pass over plain values and chains passed directly, and gives way to the same
+    # general path at the first container or marker. Both must call the same methods with
+    # the same arguments in the same order.
+    inject = {"result": "R", "error": "E"}
+    synchronous, asynchronous = Logged(), Logged()
+    expected = execute_operation_chain(synchronous, chain, inject=inject, policy=ROOMY)
+    got = asyncio.run(
+        execute_operation_chain_async(asynchronous, chain, inject=inject, policy=ROOMY)
+    )
+    assert got == expected
+    assert asynchronous.log == synchronous.log
 
 
 class Watched:

@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from operation_chain import (
     ERROR,
@@ -233,3 +235,170 @@ def test_a_self_containing_argument_survives_the_codec_and_the_executor() -> Non
     result = execute_operation_chain(Target(), chain)
     assert result[0] == "A"
     assert result[1] is result
+
+
+# -- attribute lookup: the recording shortcut must find what normal lookup finds ---------------
+
+
+def test_a_subclass_getattr_still_decides_what_is_recorded() -> None:
+    class Aliasing(OperationProxy):
+        __slots__ = ()
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "special":
+                return 42
+            return super().__getattr__(name)
+
+    a = Aliasing()
+    assert a.special == 42
+    assert chain_of(a.other(1)).ops == (GetOp("other"), CallOp((1,), {}))
+
+
+def test_class_attributes_added_or_removed_later_are_seen() -> None:
+    class Base(OperationProxy):
+        __slots__ = ()
+
+    class Late(Base):
+        __slots__ = ()
+
+    p = Late()
+    assert chain_of(p.value).ops == (GetOp("value"),)
+    Late.value = 5  # type: ignore[attr-defined]
+    assert p.value == 5
+    del Late.value  # type: ignore[attr-defined]
+    assert chain_of(p.value).ops == (GetOp("value"),)
+    Base.inherited = "base"  # type: ignore[attr-defined]
+    assert p.inherited == "base"
+
+
+def test_reassigned_bases_are_seen() -> None:
+    class First(OperationProxy):
+        __slots__ = ()
+
+    class Second(OperationProxy):
+        __slots__ = ()
+        known = "second"
+
+    class Sub(First):
+        __slots__ = ()
+
+    p = Sub()
+    assert chain_of(p.known).ops == (GetOp("known"),)
+    Sub.__bases__ = (Second,)
+    assert p.known == "second"
+
+
+def test_a_property_raising_attribute_error_is_recorded_as_a_read() -> None:
+    class Lazy(OperationProxy):
+        __slots__ = ()
+
+        @property
+        def pending(self) -> Any:
+            raise AttributeError("not yet")
+
+    assert chain_of(Lazy().pending).ops == (GetOp("pending"),)
+
+
+def test_instances_with_a_dict_keep_their_own_attributes() -> None:
+    class Open(OperationProxy):  # no __slots__: its instances have a __dict__
+        pass
+
+    p = Open()
+    p.label = "mine"
+    assert p.label == "mine"
+    assert chain_of(p.other).ops == (GetOp("other"),)
+
+
+class Marked(OperationProxy):
+    __slots__ = ("_extra",)
+    result = RESULT
+
+    def helper(self) -> str:
+        return "helper"
+
+
+class Aliased(OperationProxy):
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return ("aliased", name) if name.startswith("a") else super().__getattr__(name)
+
+
+class Open(Marked):
+    pass
+
+
+lookup_names = st.one_of(
+    st.sampled_from(
+        [
+            "result",
+            "helper",
+            "_extra",
+            "_proxy_ops",
+            "_proxy_root",
+            "__class__",
+            "__init__",
+            "__deepcopy__",
+            "__slots__",
+            "mro",
+            "own",
+        ]
+    ),
+    st.from_regex(r"_{0,2}[a-z][a-z0-9_]{0,5}", fullmatch=True),
+)
+
+
+def looked_up_normally(proxy: OperationProxy, name: str) -> Any:
+    """What ``getattr`` gave when the proxy had ``__getattr__`` alone: the normal lookup,
+    then ``__getattr__`` if it failed."""
+    try:
+        return object.__getattribute__(proxy, name)
+    except AttributeError:
+        return type(proxy).__getattr__(proxy, name)
+
+
+def outcome(read: Any) -> Any:
+    try:
+        value = read()
+    except AttributeError as exc:
+        return AttributeError, str(exc)
+    return ("chain", chain_of(value)) if isinstance(value, OperationProxy) else value
+
+
+@given(st.sampled_from([OperationProxy, Marked, Aliased, Open]), lookup_names)
+def test_attribute_reads_find_or_record_what_normal_lookup_and_getattr_would(
+    cls: type[OperationProxy], name: str
+) -> None:
+    proxy = cls()
+    if isinstance(proxy, Open):
+        proxy.own = "own"
+    expected = outcome(lambda: looked_up_normally(proxy, name))
+    assert outcome(lambda: getattr(proxy, name)) == expected
+
+
+def test_subclass_methods_are_found_and_can_derive_steps_of_their_own() -> None:
+    class Stepper(OperationProxy):
+        __slots__ = ()
+
+        def step(self) -> Stepper:
+            return self._proxy_derive(GetOp("step"))
+
+    stepped = Stepper().step().then
+    assert type(stepped) is Stepper
+    assert chain_of(stepped).ops == (GetOp("step"), GetOp("then"))
+
+
+def test_the_lookup_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operation_chain import _proxy
+
+    monkeypatch.setattr(_proxy, "_NAMESPACES_LIMIT", len(_proxy._NAMESPACES))
+    before = dict(_proxy._NAMESPACES)
+
+    class Fresh(OperationProxy):
+        __slots__ = ()
+        known = 1
+
+    p = Fresh()
+    assert p.known == 1
+    assert chain_of(p.other).ops == (GetOp("other"),)
+    assert before == _proxy._NAMESPACES

@@ -143,6 +143,12 @@ class Counter:
         await self.gate.wait()
         return value
 
+    def task_name(self) -> str:
+        """The name of the asyncio task running the call, for tests of where batches run."""
+        task = asyncio.current_task()
+        assert task is not None
+        return task.get_name()
+
     @property
     def rooms(self) -> dict[str, Room]:
         return {"lobby": Room("lobby")}

@@ -636,6 +636,188 @@ def test_counter_is_a_plain_class() -> None:
     assert Counter("x").increment() == 1
 
 
+# -- sending without a task ---------------------------------------------------------------
+
+
+class ImmediateTransport(Transport):
+    """Sends at once from the client's callback while ``ready`` (as an open WebSocket does),
+    and answers later, from a task, with what an in-process server answered.
+
+    Attributes:
+        now: the requests sent at once, by ``_start_request_now``.
+        waited: the requests sent by a task, through ``handle_async_request``.
+        answer: whether to answer the requests sent at once.
+        answer_now: an answer given before ``_start_request_now`` returns, if any.
+        fail: an exception ``_start_request_now`` raises, if any.
+    """
+
+    def __init__(self, host: FakeHost) -> None:
+        self.inner = InProcessTransport(host)
+        self.ready = True
+        self.answer = True
+        self.answer_now: RpcResponse | None = None
+        self.fail: Exception | None = None
+        self.now: list[RpcRequest] = []
+        self.waited: list[RpcRequest] = []
+        self.stopped = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def handle_async_request(self, request: RpcRequest) -> RpcResponse:
+        self.waited.append(request)
+        return await self.inner.handle_async_request(request)
+
+    def _start_request_now(
+        self, request: RpcRequest, on_answer: Callable[[RpcResponse | Exception], None]
+    ) -> Callable[[], None] | None:
+        if self.fail is not None:
+            raise self.fail
+        if not self.ready:
+            return None
+        self.now.append(request)
+        if self.answer_now is not None:
+            on_answer(self.answer_now)
+        elif self.answer:
+            task = asyncio.ensure_future(self._answer(request, on_answer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+        def stop() -> None:
+            self.stopped += 1
+
+        return stop
+
+    async def _answer(
+        self, request: RpcRequest, on_answer: Callable[[RpcResponse | Exception], None]
+    ) -> None:
+        on_answer(await self.inner.handle_async_request(request))
+
+    async def subscribe(self, client_id: str, listener: Callable[..., None]) -> Callable[[], None]:
+        return await self.inner.subscribe(client_id, listener)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*self.tasks)
+        await self.inner.aclose()
+
+
+async def test_calls_of_one_tick_leave_at_once_as_one_batch_in_call_order(host: FakeHost) -> None:
+    transport = ImmediateTransport(host)
+    async with create_rpc_client("counter", "a", transport=transport) as counter:
+        results = await asyncio.gather(
+            counter.increment(1), counter.fail("no"), counter.increment(2), return_exceptions=True
+        )
+        assert await counter.increment(3) == 6
+    assert [len(request.payload["calls"]) for request in transport.now] == [3, 1]
+    assert transport.waited == []  # no task had to send anything
+    assert results[0] == 1
+    assert isinstance(results[1], ValueError)
+    assert results[2] == 3
+    assert actor(host).log == ["increment:1", "increment:2", "increment:3"]
+
+
+async def test_a_batch_the_transport_cannot_send_at_once_goes_from_a_task(
+    host: FakeHost,
+) -> None:
+    transport = ImmediateTransport(host)
+    transport.ready = False  # connecting, say
+    async with create_rpc_client("counter", "a", transport=transport) as counter:
+        assert list(await asyncio.gather(counter.increment(), counter.increment())) == [1, 2]
+        transport.ready = True
+        assert await counter.increment() == 3
+    assert [len(request.payload["calls"]) for request in transport.waited] == [2]
+    assert [len(request.payload["calls"]) for request in transport.now] == [1]
+
+
+async def test_the_first_batch_waits_for_the_subscription_then_batches_leave_at_once(
+    host: FakeHost,
+) -> None:
+    transport = ImmediateTransport(host)
+    received: list[DownstreamMessage] = []
+    client = create_rpc_client(
+        "counter", "a", transport=transport, client_id="c", on_downstream=received.append
+    )
+    counter = client.proxy  # without ``async with``: not subscribed yet
+    assert await counter.notify("c", "hi") == "sent"
+    assert await counter.increment() == 1
+    await asyncio.sleep(0)  # the message comes on the tick after its frame
+    await client.aclose()
+    assert [message.payload for message in received] == ["hi"]
+    assert [len(request.payload["calls"]) for request in transport.waited] == [1]
+    assert [len(request.payload["calls"]) for request in transport.now] == [1]
+
+
+async def test_a_call_cancelled_before_its_batch_leaves_at_once_is_not_sent(
+    host: FakeHost,
+) -> None:
+    transport = ImmediateTransport(host)
+    async with create_rpc_client("counter", "a", transport=transport) as counter:
+        task = asyncio.ensure_future(counter.increment())
+        await asyncio.sleep(0)  # the task has queued its call
+        task.cancel()
+        await asyncio.sleep(0)  # the batch found nothing left to send
+        assert await counter.increment() == 1
+    assert [len(request.payload["calls"]) for request in transport.now] == [1]
+
+
+async def test_a_batch_sent_at_once_may_be_answered_before_the_transport_returns(
+    host: FakeHost,
+) -> None:
+    transport = ImmediateTransport(host)
+    transport.answer_now = RpcResponse(200, {"results": [{"id": 0, "ok": "early"}]})
+    client = create_rpc_client("counter", "a", transport=transport)
+    async with client as counter:
+        assert await counter.anything() == "early"
+        assert client._batches == {}
+    assert transport.stopped == 0  # answered: nothing to stop
+
+
+async def test_a_batch_of_only_unencodable_calls_sends_nothing_at_once(host: FakeHost) -> None:
+    transport = ImmediateTransport(host)
+    client = create_rpc_client("counter", "a", transport=transport)
+    async with client as counter:
+        with pytest.raises(UnsupportedTypeError):
+            await counter.echo(object())
+        assert client._batches == {}
+    assert transport.now == []
+    assert transport.waited == []
+
+
+def test_a_transport_sends_nothing_at_once_unless_it_says_it_can() -> None:
+    def never(answer: object) -> None:
+        raise AssertionError("nothing was sent, so nothing is answered")
+
+    request = RpcRequest("c", "a", {"v": 1, "calls": []})
+    assert ScriptedTransport()._start_request_now(request, never) is None
+
+
+async def test_a_transport_failing_to_send_at_once_fails_its_batch_only(host: FakeHost) -> None:
+    transport = ImmediateTransport(host)
+    client = create_rpc_client("counter", "a", transport=transport)
+    async with client as counter:
+        transport.fail = RuntimeError("transport bug")
+        results = await asyncio.gather(counter.a(), counter.b(), return_exceptions=True)
+        assert [str(result) for result in results] == ["transport bug", "transport bug"]
+        assert client._batches == {}
+        transport.fail = None
+        assert await counter.increment() == 1
+
+
+async def test_a_batch_sent_at_once_times_out_and_stops_waiting(host: FakeHost) -> None:
+    transport = ImmediateTransport(host)
+    transport.answer = False
+    client = create_rpc_client("counter", "a", transport=transport, timeout=30)
+    async with client as counter:
+        call = asyncio.ensure_future(counter.increment())
+        while not transport.now:
+            await asyncio.sleep(0)
+        (batch,) = client._batches
+        batch.deadline = asyncio.get_running_loop().time()  # its 30 s are up
+        client._check_deadlines()
+        with pytest.raises(RpcTimeoutError, match=r"`increment\(\)` got no answer within 30 s"):
+            await call
+        assert transport.stopped == 1
+        assert client._batches == {}
+
+
 # -- races ---------------------------------------------------------------------------------
 
 

@@ -283,6 +283,67 @@ async def test_a_slow_call_does_not_stop_the_reading(server: RpcServer, host: Fa
     await connection.aclose()
 
 
+async def test_batches_that_never_wait_run_in_order_in_the_one_reading_task(
+    server: RpcServer,
+) -> None:
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    for request_id in (1, 2, 3):
+        socket.frame(call_frame(p.task_name(), request_id))
+    serving = asyncio.ensure_future(connection.serve(socket.receive))
+    replies = [await peer.next() for _ in range(3)]
+    assert [reply["id"] for reply in replies] == [1, 2, 3]
+    (reader,) = connection._tasks  # no task was made for a frame
+    assert {reply["body"]["results"][0]["ok"] for reply in replies} == {reader.get_name()}
+    socket.disconnect()
+    await asyncio.wait_for(serving, 5)
+    await connection.aclose()
+
+
+async def test_a_reader_running_batches_one_after_another_lets_other_tasks_run(
+    server: RpcServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_session, "BATCHES_BETWEEN_YIELDS", 2)
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    for request_id in range(1, 6):  # arrived together: reading them never waits
+        socket.frame(call_frame(p.increment(), request_id))
+    serving = asyncio.ensure_future(connection.serve(socket.receive))
+    answered: list[int] = []  # how many replies were out each time another task ran
+    while len(answered) < 10 and (not answered or answered[-1] < 5):
+        await asyncio.sleep(0)
+        answered.append(peer.sent.qsize())
+    assert answered[-1] == 5
+    assert {2, 4} <= set(answered)  # it let this task run after every second batch
+    socket.disconnect()
+    await asyncio.wait_for(serving, 5)
+    await connection.aclose()
+
+
+async def test_a_batch_that_waits_leaves_one_reader_once_it_is_done(
+    server: RpcServer, host: FakeHost
+) -> None:
+    peer, socket = Peer(), Socket()
+    connection = Session(server, None, peer.send, peer.close)
+    serving = asyncio.ensure_future(connection.serve(socket.receive))
+    socket.frame(call_frame(p.slow("late"), 1))
+    while not host.chains:
+        await asyncio.sleep(0)
+    actor(host).gate.set()
+    assert (await peer.next())["id"] == 1
+    for _ in range(5):  # the slow batch's task ends; the reader that took over waits on
+        await asyncio.sleep(0)
+    assert len(connection._tasks) == 1
+    for request_id in (2, 3, 4):
+        socket.frame(call_frame(p.task_name(), request_id))
+    replies = [await peer.next() for _ in range(3)]
+    assert [reply["id"] for reply in replies] == [2, 3, 4]
+    assert len({reply["body"]["results"][0]["ok"] for reply in replies}) == 1
+    socket.disconnect()
+    await asyncio.wait_for(serving, 5)
+    await connection.aclose()
+
+
 async def test_a_failing_receive_ends_serve_with_its_error(server: RpcServer) -> None:
     peer, socket = Peer(), Socket()
     connection = Session(server, None, peer.send, peer.close)

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from rpc import (
     AuthenticationError,
@@ -364,3 +365,69 @@ async def test_a_connection_lost_just_after_sending_fails_the_request_once() -> 
     assert isinstance(answer, ConnectionLostError)
     assert transport._pending == {}
     stop()  # nothing left to stop
+
+
+async def test_a_request_is_written_at_once_only_on_an_open_connection_with_room(
+    scripted: Callable[[Handler], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(reply(orjson.loads(message), {"results": []}))
+
+    transport = WebSocketTransport(await scripted(handler))
+    answered = asyncio.Event()
+    answers: list[object] = []
+
+    def on_answer(answer: object) -> None:
+        answers.append(answer)
+        answered.set()
+
+    assert transport._start_request_now(REQUEST, on_answer) is None  # not connected yet
+    await transport.handle_async_request(REQUEST)
+    conn = transport._conn
+    assert isinstance(conn, _Connection)
+    with monkeypatch.context() as patched:  # a backlog the server has not read yet
+        patched.setattr(conn.transport, "get_write_buffer_size", lambda: 1)
+        assert transport._start_request_now(REQUEST, on_answer) is None
+    with monkeypatch.context() as patched:  # a close frame came, the socket is still open
+        patched.setattr(conn.protocol, "state", State.CLOSING)
+        assert transport._start_request_now(REQUEST, on_answer) is None
+    assert transport._pending == {}
+    stop = transport._start_request_now(REQUEST, on_answer)
+    assert stop is not None
+    await asyncio.wait_for(answered.wait(), 5)
+    assert answers == [RpcResponse(200, {"results": []})]
+    assert transport._pending == {}
+    await conn.close()
+    assert not conn.send_now(b"{}")  # closed: send() would raise ConnectionClosed
+    await transport.aclose()
+    assert transport._start_request_now(REQUEST, on_answer) is None
+
+
+async def test_a_connection_lost_after_a_request_was_written_at_once_fails_it(
+    scripted: Callable[[Handler], Awaitable[str]],
+) -> None:
+    received = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for _ in ws:
+            received.set()
+            await ws.close(1011, "gone")  # after reading it, and without an answer
+
+    transport = WebSocketTransport(await scripted(handler))
+    await transport._connection()
+    answers: list[object] = []
+    lost = asyncio.Event()
+
+    def on_answer(answer: object) -> None:
+        answers.append(answer)
+        lost.set()
+
+    stop = transport._start_request_now(REQUEST, on_answer)
+    assert stop is not None
+    await asyncio.wait_for(lost.wait(), 5)
+    (answer,) = answers
+    assert isinstance(answer, ConnectionLostError)
+    assert "may or may not have run" in str(answer)
+    assert received.is_set()
+    await transport.aclose()
