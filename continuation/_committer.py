@@ -58,6 +58,7 @@ class Committer:
         self._queue: list[PendingCommit] = []
         self._ready = asyncio.Event()
         self._closing = False
+        self.applied = 0  # turns committed so far
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="continuation-committer"
         )
@@ -122,6 +123,7 @@ class Committer:
         for index, reason in refused.items():
             self._fail(live[index], _refusal_error(reason))
         done = [p for i, p in enumerate(live) if i not in refused]
+        self.applied += len(done)
         self._on_committed(done)
         for pending in done:
             if not pending.future.done():

@@ -22,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from ._committer import Committer
-from ._errors import CommitError, LeaseLostError
+from ._errors import CommitError
 from ._fetch import FetchDispatcher, FetchError, FetchRequest
 from ._options import RetryPolicy
 from ._outcomes import delivered
@@ -32,6 +32,10 @@ from ._turn import Runtime
 from ._work import DISPATCHED, Outcome, RemoteCall, encode_outcome
 
 logger = logging.getLogger("continuation")
+
+_CALL_ATTEMPTS: Final = 5
+"""Times a same-system remote call is run before its failure to commit is final; the row
+then waits for its timeout, which delivers the failure."""
 
 MAX_RUNNING: Final = 256
 """Jobs running at once; more wait in a queue (as data, not as tasks), so a burst of
@@ -229,21 +233,21 @@ class Dispatcher:
                 return  # the durable timeout delivers it
             await self._store_outcome(job, outcome)
             return
-        while True:
+        for _ in range(_CALL_ATTEMPTS):
             row = await self._waiting_row(job)
             if row is None:
                 return
             outcome_of = self._updater(row, job)
             try:
                 await self._local_call(work, outcome_of, job.id)
-            except LeaseLostError:
-                # The target's lease moved while its turn ran (hosts sharing a database):
-                # nothing committed, so send the call again, to wherever the actor is now.
+            except CommitError:
+                # Nothing of the turn committed: its lease moved (hosts sharing a database),
+                # an earlier turn of the target failed to commit, or the store failed. If the
+                # row still waits (read again above), send the call again.
                 job = dataclasses.replace(job, row=None)
                 continue
-            except CommitError:
-                await self._note_late(job, "the call's turn could not commit for it")
             return
+        await self._note_late(job, "the call's turn could not commit for it")
 
     async def _fetch(self, job: Job) -> Outcome:
         request = self._runtime.codec.loads(job.work)

@@ -156,10 +156,13 @@ class LeaseKeeper:
         """The actors this host holds leases on."""
         return set(self._held)
 
-    def forget(self, key: ActorKey) -> None:
-        """Stop trusting the lease on one actor (a commit under it was refused): the next
-        turn takes it again, with a new epoch, and reloads the actor."""
-        self._held.pop(key, None)
+    def forget(self, key: ActorKey, lease: Lease) -> None:
+        """Stop trusting ``lease`` on one actor (a commit under it was refused): the next
+        turn takes the actor's lease again, with a new epoch, and reloads the actor. A lease
+        already taken again is kept: turns of the old one still committing must not make
+        this host give up the new one, or each would fence off the next."""
+        if self._held.get(key) == lease.epoch:
+            del self._held[key]
 
     def release(self, actors: Iterable[ActorKey]) -> None:
         """Give up the leases on ``actors`` (evicted), in the background."""

@@ -143,19 +143,22 @@ class Scheduler:
             task.add_done_callback(self._task_done)
         return len(rows)
 
-    async def drain(self) -> None:
+    async def drain(self) -> int:
         """Fire everything due now, including what those handlers make due now, and wait
-        until all of it is durable. What escaped a handler as a ``BaseException`` (handlers'
-        ordinary exceptions are failed attempts) is raised here."""
+        until all of it is durable; return how many fired. What escaped a handler as a
+        ``BaseException`` (handlers' ordinary exceptions are failed attempts) is raised
+        here."""
+        fired = 0
         while True:
             started = await self.fire_due()
+            fired += started
             if self._tasks:
                 await asyncio.wait(set(self._tasks))
             if self._escaped:
                 escaped, self._escaped = self._escaped[0], []
                 raise escaped
             if not started and not self._tasks:
-                return
+                return fired
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -730,8 +730,13 @@ class ActorSystem:
     async def _settle(self) -> None:
         """Fire what is due and wait for the work out now, until neither leaves anything."""
         while True:
-            await self._scheduler.drain()
-            if not await self._dispatcher.settle():
+            applied = self._committer.applied
+            fired = await self._scheduler.drain()
+            worked = await self._dispatcher.settle()
+            # Another look unless nothing at all happened: a firing may have sent work out
+            # just as the dispatcher was asked, and on PostgreSQL a row being committed while
+            # the scheduler claimed was skipped (SKIP LOCKED) rather than waited for.
+            if not (fired or worked or self._committer.applied != applied):
                 return
 
     async def advance(self, seconds: float) -> None:
@@ -795,8 +800,8 @@ class ActorSystem:
 
     def _lost(self, slot: ActorSlot) -> None:
         self._activations.lose(slot)
-        if self._leases is not None:
-            self._leases.forget((slot.binding, slot.instance))
+        if self._leases is not None and slot.lease is not None:
+            self._leases.forget((slot.binding, slot.instance), slot.lease)
 
     def _housekeeping(self) -> None:
         now = self._clock.now()
