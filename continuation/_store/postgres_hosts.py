@@ -57,14 +57,6 @@ class HostRow:
         return "alive" if self.expires_at > self.now else "lost"
 
 
-_ACQUIRE: Final = f"""
-    INSERT INTO leases (binding, instance, host, epoch, expires_at)
-    SELECT b, i, $1, 1, {NOW} + $2 FROM unnest($3::text[], $4::text[]) AS wanted(b, i)
-    ON CONFLICT (binding, instance) DO UPDATE
-        SET host = excluded.host, epoch = leases.epoch + 1, expires_at = excluded.expires_at
-        WHERE leases.expires_at <= {NOW} OR leases.host = excluded.host
-    RETURNING binding, instance, epoch
-"""
 # Only leases that are free, expired or already this host's are taken: the rows of an
 # actor leased by a live host are left to that host.
 _CLAIMABLE: Final = f"""
@@ -138,9 +130,9 @@ class HostDirectory:
         """Take the lease on one actor (a new epoch) unless another live host holds it."""
         for _ in range(3):  # the holder's lease may expire between the two statements
             async with self._pool.acquire() as db:
-                taken = await db.fetch(_ACQUIRE, host, ttl, [binding], [instance])
+                taken = await self._take(db, host, ttl, {(binding, instance)}, retake_own=True)
                 if taken:
-                    return Lease(host, taken[0][2])
+                    return Lease(host, taken[binding, instance])
                 row = await db.fetchrow(
                     f"SELECT l.host, h.address, l.expires_at - {NOW} FROM leases l"
                     " LEFT JOIN hosts h ON h.id = l.host"
@@ -164,17 +156,6 @@ class HostDirectory:
             [k[0] for k in keys],
             [k[1] for k in keys],
         )
-
-    async def holder(self, binding: str, instance: str) -> Holder | None:
-        """The live lease another host (or this one) holds on an actor, if any."""
-        row = await self._pool.fetchrow(
-            f"SELECT l.host, h.address, l.expires_at - {NOW} FROM leases l"
-            " LEFT JOIN hosts h ON h.id = l.host"
-            f" WHERE l.binding = $1 AND l.instance = $2 AND l.expires_at > {NOW}",
-            binding,
-            instance,
-        )
-        return None if row is None else Holder(row[0], row[1], float(row[2]))
 
     async def claim_due(
         self, host: str, now: float, limit: int, ttl: float, skip: AbstractSet[str]
@@ -297,12 +278,20 @@ class HostDirectory:
 
     @staticmethod
     async def _take(
-        db: Connection, host: str, ttl: float, actors: AbstractSet[ActorKey]
+        db: Connection,
+        host: str,
+        ttl: float,
+        actors: AbstractSet[ActorKey],
+        *,
+        retake_own: bool = False,
     ) -> dict[ActorKey, int]:
-        """Take the leases on ``actors`` that are free or expired (not this host's live
-        ones: taking those again would fence off this host's own turns in flight). Live
-        leases are left out before the upsert, which would lock them even when it leaves
-        them be, and the rest are taken in key order, as renewals lock them."""
+        """Take the leases on ``actors`` that are free or expired, each with a new epoch.
+
+        This host's live ones are taken again only with ``retake_own`` (an activation that
+        no longer trusts its lease); a claim leaves them be, since a new epoch would fence
+        off this host's own turns in flight. Live leases are left out before the upsert,
+        which would lock them even when it leaves them be, and the rest are taken in key
+        order, as renewals lock them."""
         if not actors:
             return {}
         keys = sorted(actors)
@@ -312,18 +301,19 @@ class HostDirectory:
             SELECT b, i, $1, 1, {NOW} + $2 FROM unnest($3::text[], $4::text[]) AS wanted(b, i)
             WHERE NOT EXISTS (
                 SELECT 1 FROM leases l WHERE l.binding = b AND l.instance = i
-                AND l.expires_at > {NOW})
+                AND l.expires_at > {NOW} AND NOT ($5 AND l.host = $1))
             ORDER BY b, i
             ON CONFLICT (binding, instance) DO UPDATE
                 SET host = excluded.host, epoch = leases.epoch + 1,
                     expires_at = excluded.expires_at
-                WHERE leases.expires_at <= {NOW}
+                WHERE leases.expires_at <= {NOW} OR ($5 AND leases.host = excluded.host)
             RETURNING binding, instance, epoch
             """,
             host,
             ttl,
             [k[0] for k in keys],
             [k[1] for k in keys],
+            retake_own,
         )
         return {(r[0], r[1]): r[2] for r in rows}
 
