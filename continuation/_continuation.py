@@ -80,12 +80,9 @@ def check_handler_chain(
             f"the {role} {str(chain)!r} must start with a method call, like c.handle(c.result)"
         )
     name, call = ops[0].name, ops[1]
-    signature, takes_self = _handler_signature(cls, name, synchronous)
-    bound_args: tuple[Any, ...] = (None, *call.args) if takes_self else call.args
-    try:
-        signature.bind(*bound_args, **call.kwargs)
-    except TypeError as exc:
-        raise ContinuationChainError(f"{cls.__name__}.{chain!s}: {exc}") from None
+    problem = _binding_problem(cls, name, synchronous, len(call.args), tuple(call.kwargs))
+    if problem is not None:
+        raise ContinuationChainError(f"{cls.__name__}.{chain!s}: {problem}")
     for nested in _nested_chains(ops):
         check_handler_chain(cls, nested, role=role, synchronous=synchronous)
 
@@ -113,6 +110,23 @@ def _handler_signature(
             "continues with another handler"
         )
     return inspect.signature(function), not isinstance(member, staticmethod)
+
+
+@functools.lru_cache(maxsize=4096)
+def _binding_problem(
+    cls: type, name: str, synchronous: bool, positional: int, keywords: tuple[str, ...]
+) -> str | None:
+    """Why ``positional`` arguments and ``keywords`` do not bind to the handler, or None.
+
+    Binding looks at how many arguments there are and at their names, never at their
+    values; so the answer is cached on those, and a ``continue_`` that repeats a call shape
+    (nearly every one) skips ``Signature.bind``."""
+    signature, takes_self = _handler_signature(cls, name, synchronous)
+    try:
+        signature.bind(*range(positional + takes_self), **dict.fromkeys(keywords))
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
 def _nested_chains(ops: tuple[Any, ...]) -> Iterator[OperationChain]:

@@ -272,10 +272,23 @@ def _render(chain: OperationChain, level: int) -> str:
             parts.append(f"[{_value_repr.repr1(op.key, level)}]")
         else:
             assert type(op) is CallOp
-            rendered = [_value_repr.repr1(a, level) for a in op.args]
-            rendered += [f"{k}={_value_repr.repr1(v, level)}" for k, v in op.kwargs.items()]
+            rendered = [_value_text(a, level) for a in op.args]
+            rendered += [f"{k}={_value_text(v, level)}" for k, v in op.kwargs.items()]
             parts.append(f"({', '.join(rendered)})")
     return "".join(parts)
+
+
+def _value_text(value: Any, level: int) -> str:
+    """``_value_repr.repr1(value, level)``, without reprlib's dispatch for the scalars that
+    most arguments are (every stored continuation renders its chain)."""
+    kind = type(value)
+    if kind is int or kind is str:
+        text = repr(value)
+        if len(text) <= (_value_repr.maxlong if kind is int else _value_repr.maxstring):
+            return text
+    elif kind is float or kind is bool or value is None:
+        return repr(value)
+    return _value_repr.repr1(value, level)
 
 
 # The codec reads and writes chains, so it imports this module; importing it last, once every

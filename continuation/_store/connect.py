@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import aiosqlite
 
 from .._errors import SchemaVersionError, StoreError
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 async def open_sqlite(
@@ -72,3 +76,18 @@ async def _migrate(db: aiosqlite.Connection, migrations: Sequence[str], what: st
 
 def _probe(path: str) -> None:
     sqlite3.connect(path).close()
+
+
+async def on_writer_thread(
+    db: aiosqlite.Connection, work: Callable[[sqlite3.Connection, A], R], argument: A
+) -> R:
+    """Run ``work(connection, argument)`` on ``db``'s own thread, in one hop.
+
+    aiosqlite runs each statement as its own hop; a transaction of many statements run that
+    way waits for the event loop at every one. This uses aiosqlite's queue directly
+    (``_execute`` and ``_conn``, internal: pyproject.toml caps aiosqlite at the versions
+    checked).
+    """
+    connection: sqlite3.Connection = db._conn
+    run: Callable[..., Awaitable[R]] = db._execute
+    return await run(work, connection, argument)

@@ -17,9 +17,10 @@ from typing import Any, Final, Literal
 import aiosqlite
 
 from .._errors import StoreError
-from .base import AuditRow, Commit, ContinuationRow, Refusal, SignalSend
-from .connect import open_sqlite
+from .base import AuditRow, Commit, ContinuationRow, Refusal
+from .connect import on_writer_thread, open_sqlite
 from .migrations import MIGRATIONS
+from .sqlite_write import write_batch
 
 Durability = Literal["full", "normal"]
 
@@ -29,36 +30,6 @@ _COLUMNS: Final = (
     " updated_at, finished_at, key, cron, version, cancel_requested, revision, phase, work,"
     " outcome, wait_name"
 )
-_INSERT_CONTINUATION: Final = (
-    "INSERT INTO continuations (id, binding, instance, strategy, status, chain, error_chain,"
-    " chain_text, error_chain_text, options, retry, due_at, scheduled_at, created_at,"
-    " updated_at, key, cron, version, phase, work, wait_name) VALUES (?, ?, ?, ?, 'pending', ?,"
-    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPDATE_CONTINUATION: Final = (
-    "UPDATE continuations SET status = ?, due_at = ?, scheduled_at = ?, attempts = ?,"
-    " last_error = ?, last_traceback = ?, finished_at = ?, cancel_requested = ?, updated_at = ?,"
-    " phase = ?, outcome = ?, revision = revision + 1 WHERE id = ?"
-)
-_READY: Final = (
-    "UPDATE continuations SET phase = 'ready', outcome = ?, due_at = ?, updated_at = ?,"
-    " revision = revision + 1 WHERE id = ?"
-)
-_OWN_PENDING: Final = "id = ? AND binding = ? AND instance = ? AND status = 'pending'"
-_CANCEL_STATEMENTS: Final = (
-    # A continuation with an error chain stays pending until ContinuationCancelled reaches it.
-    "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancel requested', NULL"
-    f" FROM continuations WHERE {_OWN_PENDING} AND cancel_requested = 0"
-    " AND error_chain IS NOT NULL",
-    "UPDATE continuations SET cancel_requested = 1, attempts = 0, due_at = ?, updated_at = ?,"
-    f" revision = revision + 1 WHERE {_OWN_PENDING} AND cancel_requested = 0"
-    " AND error_chain IS NOT NULL",
-    "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancelled', NULL"
-    f" FROM continuations WHERE {_OWN_PENDING} AND error_chain IS NULL",
-    "UPDATE continuations SET status = 'cancelled', due_at = NULL, finished_at = ?,"
-    f" updated_at = ?, revision = revision + 1 WHERE {_OWN_PENDING} AND error_chain IS NULL",
-)
-_FENCE_CHUNK: Final = 500
 
 
 class SQLiteStore:
@@ -82,6 +53,8 @@ class SQLiteStore:
         return f"SQLiteStore({self._path!r}, durability={self._durability!r})"
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < (3, 33):  # UPDATE ... FROM, in sqlite_write
+            raise StoreError(f"SQLite 3.33 or newer is needed, not {sqlite3.sqlite_version}")
         synchronous = "FULL" if self._durability == "full" else "NORMAL"
         self._db, self._reader = await open_sqlite(
             self._path,
@@ -125,46 +98,8 @@ class SQLiteStore:
 
     async def apply(self, commits: Sequence[Commit]) -> dict[int, Refusal]:
         async with self._connection() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                refused = await self._fence(db, commits)
-                accepted = [c for i, c in enumerate(commits) if i not in refused]
-                await _write(db, accepted)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+            refused = await on_writer_thread(db, write_batch, commits)
         return dict.fromkeys(refused, Refusal.CHANGED)
-
-    async def _fence(self, db: aiosqlite.Connection, commits: Sequence[Commit]) -> set[int]:
-        expected = {c.update.id: i for i, c in enumerate(commits) if c.update is not None}
-        if not expected:
-            return set()
-        revisions: dict[str, int] = {}
-        ids = list(expected)
-        for start in range(0, len(ids), _FENCE_CHUNK):
-            chunk = ids[start : start + _FENCE_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT id, revision FROM continuations WHERE id IN ({marks})"
-            async with db.execute(sql, chunk) as cursor:
-                revisions.update({row[0]: row[1] async for row in cursor})
-        refused = set()
-        for cid, index in expected.items():
-            update = commits[index].update
-            assert update is not None
-            if revisions.get(cid) != update.revision:
-                refused.add(index)
-        if refused:
-            # Later turns of a refused turn's actor ran on its effects: refuse them too.
-            actors = set()
-            for index, commit in enumerate(commits):
-                actor = (commit.binding, commit.instance)
-                if index in refused:
-                    if not commit.standalone:
-                        actors.add(actor)
-                elif actor in actors:
-                    refused.add(index)
-        return refused
 
     async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
         sql = "SELECT key, value FROM actor_state WHERE binding = ? AND instance = ?"
@@ -282,134 +217,3 @@ def _row(values: Any) -> ContinuationRow:
     row.work = None if row.work is None else bytes(row.work)
     row.outcome = None if row.outcome is None else bytes(row.outcome)
     return row
-
-
-async def _write(db: aiosqlite.Connection, commits: Sequence[Commit]) -> None:
-    """Apply the effects of ``commits`` as if one after another.
-
-    Statements are grouped by kind for ``executemany``, so the order of kinds matters:
-    storage (the last write of a key wins), updates of fired continuations (which free their
-    dedup keys), new continuations, then cancellations (which may target new ones).
-    """
-    state: dict[tuple[str, str, str], bytes | None] = {}
-    inserts: list[tuple[Any, ...]] = []
-    updates: list[tuple[Any, ...]] = []
-    events: list[tuple[str, float, str, str | None]] = []
-    cancels: list[tuple[Any, ...]] = []
-    waiters: list[tuple[str, str, str, str, float]] = []
-    signals: list[tuple[SignalSend, float]] = []
-    results: list[tuple[str, str, str, bytes, float]] = []
-    rewaits: list[tuple[str, float]] = []
-    for commit in commits:
-        b, i, now = commit.binding, commit.instance, commit.now
-        for key, value in commit.writes.items():
-            state[b, i, key] = value
-        for new in commit.new:
-            inserts.append(
-                (new.id, new.binding, new.instance, new.strategy, new.chain, new.error_chain,
-                 new.chain_text, new.error_chain_text, new.options, new.retry, new.due_at,
-                 now if new.due_at is None else new.due_at, now, now, new.key, new.cron,
-                 new.version, new.phase, new.work,
-                 new.wait_name)
-            )  # fmt: skip
-            if new.wait_name is not None:
-                waiters.append((new.id, new.binding, new.instance, new.wait_name, now))
-        update = commit.update
-        if update is not None:
-            updates.append(
-                (update.status, update.due_at, update.scheduled_at, update.attempts,
-                 update.last_error, update.last_traceback, update.finished_at,
-                 int(update.cancel_requested), now, update.phase, update.outcome, update.id)
-            )  # fmt: skip
-            events.extend((update.id, now, event, detail) for event, detail in update.events)
-            if update.phase == "waiting" and update.status == "pending":
-                rewaits.append((update.id, now))
-        cancels.extend((now, cid, b, i) for cid in commit.cancels)
-        signals.extend((signal, now) for signal in commit.signals)
-        if commit.call_result is not None:
-            results.append((b, i, *commit.call_result, now))
-        events.extend((cid, now, event, detail) for cid, event, detail in commit.notes)
-    deletes = [key for key, value in state.items() if value is None]
-    puts = [(*key, value) for key, value in state.items() if value is not None]
-    if deletes:
-        await db.executemany(
-            "DELETE FROM actor_state WHERE binding = ? AND instance = ? AND key = ?", deletes
-        )
-    if puts:
-        await db.executemany(
-            "INSERT INTO actor_state (binding, instance, key, value) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (binding, instance, key) DO UPDATE SET value = excluded.value",
-            puts,
-        )
-    if updates:
-        await db.executemany(_UPDATE_CONTINUATION, updates)
-    if inserts:
-        await db.executemany(_INSERT_CONTINUATION, inserts)
-    if results:
-        await db.executemany(
-            "INSERT OR REPLACE INTO call_results (binding, instance, key, outcome, at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            results,
-        )
-    for cid, now in rewaits:
-        # A signal waiter waiting again (after a timeout, or a retry) takes what arrived
-        # in between, as a new waiter would.
-        sql = "SELECT binding, instance, wait_name FROM continuations WHERE id = ?"
-        async with db.execute(sql, (cid,)) as cursor:
-            found = await cursor.fetchone()
-        if found is not None and found[2] is not None:
-            waiters.append((cid, found[0], found[1], found[2], now))
-    for waiter in waiters:
-        await _take_buffered_signal(db, *waiter)
-    for signal, now in signals:
-        await _send_signal(db, signal, now)
-    if events:
-        await db.executemany(
-            "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, ?, ?)", events
-        )
-    for statement in _CANCEL_STATEMENTS:
-        if cancels:
-            times = 1 if statement.startswith("INSERT") else 2
-            await db.executemany(statement, [(*(c[0],) * times, *c[1:]) for c in cancels])
-
-
-async def _take_buffered_signal(
-    db: aiosqlite.Connection, cid: str, binding: str, instance: str, name: str, now: float
-) -> None:
-    """A new signal continuation takes the oldest signal that arrived before it waited."""
-    sql = (
-        "SELECT seq, payload FROM signals INDEXED BY signals_waiting"
-        " WHERE binding = ? AND instance = ? AND name = ? ORDER BY seq LIMIT 1"
-    )
-    async with db.execute(sql, (binding, instance, name)) as cursor:
-        found = await cursor.fetchone()
-    if found is None:
-        return
-    await db.execute("DELETE FROM signals WHERE seq = ?", (found[0],))
-    await db.execute(_READY, (found[1], now, now, cid))
-    await db.execute(
-        "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, 'signal received', ?)",
-        (cid, now, f"{name!r}, sent before the wait began"),
-    )
-
-
-async def _send_signal(db: aiosqlite.Connection, signal: SignalSend, now: float) -> None:
-    """Deliver a signal to the oldest continuation waiting for it, or buffer it."""
-    sql = (
-        "SELECT id FROM continuations INDEXED BY continuations_signal WHERE binding = ?"
-        " AND instance = ? AND wait_name = ? AND status = 'pending' AND phase = 'waiting'"
-        " AND cancel_requested = 0 ORDER BY id LIMIT 1"
-    )
-    async with db.execute(sql, (signal.binding, signal.instance, signal.name)) as cursor:
-        found = await cursor.fetchone()
-    if found is None:
-        await db.execute(
-            "INSERT INTO signals (binding, instance, name, payload, at) VALUES (?, ?, ?, ?, ?)",
-            (signal.binding, signal.instance, signal.name, signal.payload, now),
-        )
-        return
-    await db.execute(_READY, (signal.payload, now, now, found[0]))
-    await db.execute(
-        "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, 'signal received', ?)",
-        (found[0], now, repr(signal.name)),
-    )

@@ -284,6 +284,69 @@ async def test_an_update_of_a_row_that_is_gone_is_refused(store: Store) -> None:
     assert await store.apply([turn(update=ghost)]) == {0: Refusal.CHANGED}
 
 
+async def test_a_batch_of_hundreds_of_turns_writes_every_row_exactly(store: Store) -> None:
+    # Batches are written as many-row statements in chunks: sizes around the chunks' edges,
+    # blobs that are not text and floats with every bit used must all come back unchanged.
+    count = 300
+    dues = [T0 + n / 7 for n in range(count)]
+    await store.apply(
+        [
+            turn(
+                instance=f"i{n}",
+                writes={f"k{n}": bytes([n % 256, 0, 255])},
+                new=[
+                    new(
+                        f"c{n:03}",
+                        due=dues[n],
+                        instance=f"i{n}",
+                        chain=b"\xff\x00" + bytes([n % 256]),
+                    )
+                ],
+            )
+            for n in range(count)
+        ]
+    )
+    rows = [await row_of(store, f"c{n:03}") for n in range(count)]
+    assert [row.due_at for row in rows] == dues
+    assert [row.chain for row in rows] == [b"\xff\x00" + bytes([n % 256]) for n in range(count)]
+    stale = change(rows[150], status="completed", revision=rows[150].revision + 1)
+    updates = [
+        turn(
+            T0 + 1,
+            instance=f"i{n}",
+            update=stale
+            if n == 150
+            else change(
+                rows[n], status="completed", due_at=None, finished_at=T0 + 1 + n / 3, attempts=1
+            ),
+            writes={f"k{n}": None} if n % 2 else {f"k{n}": b"again"},
+        )
+        for n in range(count)
+    ]
+    assert await store.apply(updates) == {150: Refusal.CHANGED}
+    for n in range(count):
+        row = await row_of(store, f"c{n:03}")
+        if n == 150:
+            assert (row.status, row.revision) == ("pending", 0)
+            assert await store.load_state("A", f"i{n}") == {f"k{n}": bytes([n % 256, 0, 255])}
+            continue
+        assert (row.status, row.finished_at, row.attempts, row.revision) == (
+            "completed", T0 + 1 + n / 3, 1, 1,
+        )  # fmt: skip
+        expected = {} if n % 2 else {f"k{n}": b"again"}
+        assert await store.load_state("A", f"i{n}") == expected
+
+
+async def test_two_updates_of_one_row_in_a_batch_apply_in_order(store: Store) -> None:
+    await store.apply([turn(new=[new("c1")])])
+    row = await row_of(store, "c1")
+    first = change(row, attempts=1, last_error="first")
+    second = change(row, attempts=2, last_error="second")
+    assert await store.apply([turn(update=first), turn(update=second, standalone=True)]) == {}
+    row = await row_of(store, "c1")
+    assert (row.attempts, row.last_error, row.revision) == (2, "second", 2)
+
+
 # -- reads -----------------------------------------------------------------------------------
 
 

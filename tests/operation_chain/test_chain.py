@@ -364,3 +364,20 @@ def test_the_slot_setter_falls_back_to_setattr_for_unknown_slots() -> None:
     target = Plain()
     _slot_setter("anything")(target, 3)
     assert target.anything == 3  # type: ignore[attr-defined]
+
+
+@given(
+    st.one_of(
+        st.integers(),
+        st.integers(min_value=-(10**60), max_value=10**60),
+        st.text(max_size=80),
+        st.floats(),
+        st.booleans(),
+        st.none(),
+    )
+)
+def test_scalar_arguments_render_as_reprlib_renders_them(value: object) -> None:
+    # Rendering takes a shortcut for scalars; it must agree with the general path.
+    from operation_chain._chain import _value_repr, _value_text
+
+    assert _value_text(value, 6) == _value_repr.repr1(value, 6)

@@ -1,0 +1,263 @@
+"""A batch of turns written to SQLite in one transaction, as plain synchronous code.
+
+The whole transaction runs as one call on the writer connection's thread: a batch written
+statement by statement from the event loop waits, at every statement, behind whatever else
+the loop has ready (the turns being fired), which made each commit take many times its
+SQLite time under load. Run in one call, it waits once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from .base import Commit, SignalSend
+
+_INSERT_CONTINUATION: Final = (
+    "INSERT INTO continuations (id, binding, instance, strategy, status, chain, error_chain,"
+    " chain_text, error_chain_text, options, retry, due_at, scheduled_at, created_at,"
+    " updated_at, key, cron, version, phase, work, wait_name) VALUES {rows}"
+)
+_INSERT_CONTINUATION_ROW: Final = "(?, ?, ?, ?, 'pending', " + ", ".join("?" * 16) + ")"
+_UPDATE_CONTINUATION: Final = (
+    "UPDATE continuations SET status = ?, due_at = ?, scheduled_at = ?, attempts = ?,"
+    " last_error = ?, last_traceback = ?, finished_at = ?, cancel_requested = ?, updated_at = ?,"
+    " phase = ?, outcome = ?, revision = revision + 1 WHERE id = ?"
+)
+_UPDATE_CONTINUATIONS: Final = (
+    "UPDATE continuations SET status = v.column1, due_at = v.column2, scheduled_at = v.column3,"
+    " attempts = v.column4, last_error = v.column5, last_traceback = v.column6,"
+    " finished_at = v.column7, cancel_requested = v.column8, updated_at = v.column9,"
+    " phase = v.column10, outcome = v.column11, revision = revision + 1"
+    " FROM (VALUES {rows}) AS v WHERE continuations.id = v.column12"
+)
+_READY: Final = (
+    "UPDATE continuations SET phase = 'ready', outcome = ?, due_at = ?, updated_at = ?,"
+    " revision = revision + 1 WHERE id = ?"
+)
+_OWN_PENDING: Final = "id = ? AND binding = ? AND instance = ? AND status = 'pending'"
+_CANCEL_STATEMENTS: Final = (
+    # A continuation with an error chain stays pending until ContinuationCancelled reaches it.
+    "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancel requested', NULL"
+    f" FROM continuations WHERE {_OWN_PENDING} AND cancel_requested = 0"
+    " AND error_chain IS NOT NULL",
+    "UPDATE continuations SET cancel_requested = 1, attempts = 0, due_at = ?, updated_at = ?,"
+    f" revision = revision + 1 WHERE {_OWN_PENDING} AND cancel_requested = 0"
+    " AND error_chain IS NOT NULL",
+    "INSERT INTO audit (cid, at, event, detail) SELECT id, ?, 'cancelled', NULL"
+    f" FROM continuations WHERE {_OWN_PENDING} AND error_chain IS NULL",
+    "UPDATE continuations SET status = 'cancelled', due_at = NULL, finished_at = ?,"
+    f" updated_at = ?, revision = revision + 1 WHERE {_OWN_PENDING} AND error_chain IS NULL",
+)
+_FENCE: Final = (
+    "SELECT v.column1 FROM (VALUES {rows}) AS v LEFT JOIN continuations AS c"
+    " ON c.id = v.column1 WHERE c.revision IS NOT v.column2"
+)
+_PUT_STATE: Final = (
+    "INSERT INTO actor_state (binding, instance, key, value) VALUES {rows}"
+    " ON CONFLICT (binding, instance, key) DO UPDATE SET value = excluded.value"
+)
+_INSERT_AUDIT: Final = "INSERT INTO audit (cid, at, event, detail) VALUES {rows}"
+_MAX_ROWS: Final = 256  # rows in one statement, at most
+
+
+def _fence(db: sqlite3.Connection, commits: Sequence[Commit]) -> set[int]:
+    """Indexes of the commits to refuse: an update whose row changed since it was read,
+    and the later turns of its actor, which ran on its effects."""
+    expected = {
+        c.update.id: (i, c.update.revision) for i, c in enumerate(commits) if c.update is not None
+    }
+    if not expected:
+        return set()
+    # Only the ids whose revision differs come back (see _chunked on why that matters).
+    pairs = [(cid, revision) for cid, (_, revision) in expected.items()]
+    changed: set[str] = set()
+    for sql, params in _chunked(db, _FENCE, pairs):
+        changed.update(row[0] for row in db.execute(sql, params))
+    refused = {expected[cid][0] for cid in changed}
+    if refused:
+        # Later turns of a refused turn's actor ran on its effects: refuse them too.
+        actors = set()
+        for index, commit in enumerate(commits):
+            actor = (commit.binding, commit.instance)
+            if index in refused:
+                if not commit.standalone:
+                    actors.add(actor)
+            elif actor in actors:
+                refused.add(index)
+    return refused
+
+
+def _write(db: sqlite3.Connection, commits: Sequence[Commit]) -> None:
+    """Apply the effects of ``commits`` as if one after another.
+
+    Statements are grouped by kind for ``executemany``, so the order of kinds matters:
+    storage (the last write of a key wins), updates of fired continuations (which free their
+    dedup keys), new continuations, then cancellations (which may target new ones).
+    """
+    state: dict[tuple[str, str, str], bytes | None] = {}
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    events: list[tuple[str, float, str, str | None]] = []
+    cancels: list[tuple[Any, ...]] = []
+    waiters: list[tuple[str, str, str, str, float]] = []
+    signals: list[tuple[SignalSend, float]] = []
+    results: list[tuple[str, str, str, bytes, float]] = []
+    rewaits: list[tuple[str, float]] = []
+    for commit in commits:
+        b, i, now = commit.binding, commit.instance, commit.now
+        for key, value in commit.writes.items():
+            state[b, i, key] = value
+        for new in commit.new:
+            inserts.append(
+                (new.id, new.binding, new.instance, new.strategy, new.chain, new.error_chain,
+                 new.chain_text, new.error_chain_text, new.options, new.retry, new.due_at,
+                 now if new.due_at is None else new.due_at, now, now, new.key, new.cron,
+                 new.version, new.phase, new.work,
+                 new.wait_name)
+            )  # fmt: skip
+            if new.wait_name is not None:
+                waiters.append((new.id, new.binding, new.instance, new.wait_name, now))
+        update = commit.update
+        if update is not None:
+            updates.append(
+                (update.status, update.due_at, update.scheduled_at, update.attempts,
+                 update.last_error, update.last_traceback, update.finished_at,
+                 int(update.cancel_requested), now, update.phase, update.outcome, update.id)
+            )  # fmt: skip
+            events.extend((update.id, now, event, detail) for event, detail in update.events)
+            if update.phase == "waiting" and update.status == "pending":
+                rewaits.append((update.id, now))
+        cancels.extend((now, cid, b, i) for cid in commit.cancels)
+        signals.extend((signal, now) for signal in commit.signals)
+        if commit.call_result is not None:
+            results.append((b, i, *commit.call_result, now))
+        events.extend((cid, now, event, detail) for cid, event, detail in commit.notes)
+    deletes = [key for key, value in state.items() if value is None]
+    puts = [(*key, value) for key, value in state.items() if value is not None]
+    if deletes:
+        db.executemany(
+            "DELETE FROM actor_state WHERE binding = ? AND instance = ? AND key = ?", deletes
+        )
+    _execute_chunked(db, _PUT_STATE, puts)
+    if len({update[-1] for update in updates}) == len(updates):
+        _execute_chunked(db, _UPDATE_CONTINUATIONS, updates)
+    else:  # a row updated twice: one statement would apply only one of them, at random
+        db.executemany(_UPDATE_CONTINUATION, updates)
+    _execute_chunked(db, _INSERT_CONTINUATION, inserts, _INSERT_CONTINUATION_ROW)
+    if results:
+        db.executemany(
+            "INSERT OR REPLACE INTO call_results (binding, instance, key, outcome, at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            results,
+        )
+    for cid, now in rewaits:
+        # A signal waiter waiting again (after a timeout, or a retry) takes what arrived
+        # in between, as a new waiter would.
+        sql = "SELECT binding, instance, wait_name FROM continuations WHERE id = ?"
+        found = db.execute(sql, (cid,)).fetchone()
+        if found is not None and found[2] is not None:
+            waiters.append((cid, found[0], found[1], found[2], now))
+    for waiter in waiters:
+        _take_buffered_signal(db, *waiter)
+    for signal, now in signals:
+        _send_signal(db, signal, now)
+    _execute_chunked(db, _INSERT_AUDIT, events)
+    for statement in _CANCEL_STATEMENTS:
+        if cancels:
+            times = 1 if statement.startswith("INSERT") else 2
+            db.executemany(statement, [(*(c[0],) * times, *c[1:]) for c in cancels])
+
+
+def _take_buffered_signal(
+    db: sqlite3.Connection, cid: str, binding: str, instance: str, name: str, now: float
+) -> None:
+    """A new signal continuation takes the oldest signal that arrived before it waited."""
+    sql = (
+        "SELECT seq, payload FROM signals INDEXED BY signals_waiting"
+        " WHERE binding = ? AND instance = ? AND name = ? ORDER BY seq LIMIT 1"
+    )
+    found = db.execute(sql, (binding, instance, name)).fetchone()
+    if found is None:
+        return
+    db.execute("DELETE FROM signals WHERE seq = ?", (found[0],))
+    db.execute(_READY, (found[1], now, now, cid))
+    db.execute(
+        "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, 'signal received', ?)",
+        (cid, now, f"{name!r}, sent before the wait began"),
+    )
+
+
+def _send_signal(db: sqlite3.Connection, signal: SignalSend, now: float) -> None:
+    """Deliver a signal to the oldest continuation waiting for it, or buffer it."""
+    sql = (
+        "SELECT id FROM continuations INDEXED BY continuations_signal WHERE binding = ?"
+        " AND instance = ? AND wait_name = ? AND status = 'pending' AND phase = 'waiting'"
+        " AND cancel_requested = 0 ORDER BY id LIMIT 1"
+    )
+    found = db.execute(sql, (signal.binding, signal.instance, signal.name)).fetchone()
+    if found is None:
+        db.execute(
+            "INSERT INTO signals (binding, instance, name, payload, at) VALUES (?, ?, ?, ?, ?)",
+            (signal.binding, signal.instance, signal.name, signal.payload, now),
+        )
+        return
+    db.execute(_READY, (signal.payload, now, now, found[0]))
+    db.execute(
+        "INSERT INTO audit (cid, at, event, detail) VALUES (?, ?, 'signal received', ?)",
+        (found[0], now, repr(signal.name)),
+    )
+
+
+def write_batch(db: sqlite3.Connection, commits: Sequence[Commit]) -> set[int]:
+    """Apply ``commits`` in one ``BEGIN IMMEDIATE ... COMMIT``; return the indexes of those
+    refused by the revision fence (nothing of them is written)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        refused = _fence(db, commits)
+        _write(db, [c for i, c in enumerate(commits) if i not in refused])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return refused
+
+
+def _execute_chunked(
+    db: sqlite3.Connection, template: str, rows: Sequence[tuple[Any, ...]], row: str = ""
+) -> None:
+    for sql, params in _chunked(db, template, rows, row):
+        db.execute(sql, params)
+
+
+def _chunked(
+    db: sqlite3.Connection, template: str, rows: Sequence[tuple[Any, ...]], row: str = ""
+) -> Iterator[tuple[str, list[Any]]]:
+    """``template`` run over ``rows`` as a few many-row statements: ``{rows}`` in it becomes
+    one ``(?, ...)`` group (or ``row``) per row, and the parameters are flattened.
+
+    Why not ``executemany``: the sqlite3 module lets go of the GIL for every row it steps,
+    and while the event loop's thread is busy (firing turns) taking it back costs up to the
+    interpreter's switch interval, 5 ms, each time. A commit of a few hundred rows took
+    seconds that way. A many-row statement steps once. Statement sizes are powers of two, so
+    a handful of texts serve every batch from the connection's statement cache.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    group = row or "(" + ", ".join("?" * width) + ")"
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    most = min(_MAX_ROWS, 1 << (limit.bit_length() - 1))
+    start = 0
+    while start < len(rows):
+        size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        yield _statement(template, group, size), [value for r in chunk for value in r]
+        start += size
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(template: str, group: str, size: int) -> str:
+    return template.format(rows=", ".join([group] * size))
