@@ -18,6 +18,7 @@ from operation_chain import (
     CallOp,
     GetOp,
     ItemOp,
+    Marker,
     OperationChain,
     OperationProxy,
     chain_of,
@@ -132,9 +133,17 @@ def _binding_problem(
 def _nested_chains(ops: tuple[Any, ...]) -> Iterator[OperationChain]:
     for op in ops:
         if isinstance(op, CallOp):
-            yield from _chains_in((*op.args, *op.kwargs.values()))
+            values = (*op.args, *op.kwargs.values())
         elif isinstance(op, ItemOp):
-            yield from _chains_in((op.key,))
+            values = (op.key,)
+        else:
+            continue
+        # Most arguments are scalars and markers, which hold no chain.
+        if any(type(value) not in _LEAVES for value in values):
+            yield from _chains_in(values)
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes, Marker})
 
 
 def _chains_in(values: tuple[Any, ...]) -> Iterator[OperationChain]:

@@ -10,6 +10,8 @@ import random
 import traceback
 from datetime import UTC, datetime
 
+import orjson
+
 from ._options import RetryPolicy, next_cron_time
 from ._records import ContinuationStatus
 from ._store.base import ContinuationRow, RowUpdate
@@ -44,7 +46,7 @@ def _finished(
     return _update(row, status=status, due_at=None, finished_at=now, **changes)
 
 
-def completed(row: ContinuationRow, now: float, timezone: str | None) -> RowUpdate:
+def completed(row: ContinuationRow, now: float) -> RowUpdate:
     """The handler ran: done, or for cron, due again at the next matching time."""
     attempts = row.attempts + 1
     if row.cron is None or row.cancel_requested:
@@ -56,6 +58,7 @@ def completed(row: ContinuationRow, now: float, timezone: str | None) -> RowUpda
         # of the few row writes every continuation costs.
         events: list[tuple[str, str | None]] = [("cancelled", None)] if row.cancel_requested else []
         return _finished(row, status, now, attempts=attempts, events=events)
+    timezone = orjson.loads(row.options).get("timezone")
     due = next_cron_time(row.cron, timezone, max(now, row.scheduled_at))
     when = datetime.fromtimestamp(due, UTC).isoformat()
     return _update(

@@ -240,7 +240,7 @@ class Scheduler:
                 )
             finally:
                 slot.turn = None
-            update = completed(row, now, orjson.loads(row.options).get("timezone"))
+            update = completed(row, now)
         except LeasedElsewhere:
             raise
         except Exception as exc:

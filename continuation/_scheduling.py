@@ -72,7 +72,11 @@ def schedule(
         version=slot.cls.version,
     )
     if isinstance(parsed, AlarmOptions):
-        new.options = parsed.model_dump_json(include={"timezone"}, exclude_none=True)
+        new.options = (
+            "{}"
+            if parsed.timezone is None
+            else parsed.model_dump_json(include={"timezone"}, exclude_none=True)
+        )
         new.due_at = parsed.first_due(turn.now)
         new.cron = parsed.cron
     else:

@@ -288,6 +288,8 @@ def _value_text(value: Any, level: int) -> str:
             return text
     elif kind is float or kind is bool or value is None:
         return repr(value)
+    elif kind is Marker:
+        return str(value)
     return _value_repr.repr1(value, level)
 
 

@@ -8,6 +8,7 @@ the commit is fsynced before anyone is told it happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from collections.abc import Set as AbstractSet
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
 
 import aiosqlite
+import orjson
 
 from .._errors import StoreError
 from .base import AuditRow, Commit, ContinuationRow, Refusal
@@ -30,6 +32,25 @@ _COLUMNS: Final = (
     " updated_at, finished_at, key, cron, version, cancel_requested, revision, phase, work,"
     " outcome, wait_name"
 )
+
+_NOT_SKIPPED: Final = "id NOT IN (SELECT value FROM json_each(?))"
+
+
+def _check_sqlite() -> None:
+    """Refuse an SQLite without what the queries here use: ``UPDATE ... FROM`` (3.33) and
+    the JSON functions (built in since 3.38, an option before)."""
+    if sqlite3.sqlite_version_info < (3, 33):
+        raise StoreError(f"SQLite 3.33 or newer is needed, not {sqlite3.sqlite_version}")
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        try:
+            db.execute("SELECT value FROM json_each('[]')")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"this SQLite has no JSON functions ({exc})") from None
+
+
+def _skipped(skip: AbstractSet[str]) -> str:
+    """The ids to leave out, as the JSON array that ``_NOT_SKIPPED`` reads."""
+    return orjson.dumps(list(skip)).decode()
 
 
 class SQLiteStore:
@@ -53,8 +74,7 @@ class SQLiteStore:
         return f"SQLiteStore({self._path!r}, durability={self._durability!r})"
 
     async def open(self) -> None:
-        if sqlite3.sqlite_version_info < (3, 33):  # UPDATE ... FROM, in sqlite_write
-            raise StoreError(f"SQLite 3.33 or newer is needed, not {sqlite3.sqlite_version}")
+        _check_sqlite()
         synchronous = "FULL" if self._durability == "full" else "NORMAL"
         self._db, self._reader = await open_sqlite(
             self._path,
@@ -115,34 +135,23 @@ class SQLiteStore:
     async def fetch_due(
         self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
     ) -> list[ContinuationRow]:
-        # Ids first, from the index alone; whole rows (chains and all) only for those taken.
+        # The skipped ids (up to thousands, all firing) are left out by SQLite itself: every
+        # row a query returns makes this thread and the event loop's trade the GIL.
         sql = (
-            "SELECT id FROM continuations INDEXED BY continuations_due"
-            " WHERE status = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
+            f"SELECT {_COLUMNS} FROM continuations INDEXED BY continuations_due"
+            f" WHERE status = 'pending' AND due_at <= ? AND {_NOT_SKIPPED}"
+            " ORDER BY due_at, id LIMIT ?"
         )
-        ids = [cid for (cid,) in await self._read(sql, (now, limit + len(skip))) if cid not in skip]
-        if not ids:
-            return []
-        ids = ids[:limit]
-        marks = ", ".join("?" * len(ids))
-        sql = f"SELECT {_COLUMNS} FROM continuations WHERE id IN ({marks}) AND status = 'pending'"
-        rows = await self._rows(sql, ids)
-        return sorted(rows, key=lambda row: (row.due_at or 0.0, row.id))
+        return await self._rows(sql, (now, _skipped(skip), limit))
 
     async def next_due(self, *, skip: AbstractSet[str] = frozenset()) -> float | None:
-        if not skip:
-            sql = (
-                "SELECT MIN(due_at) FROM continuations INDEXED BY continuations_due"
-                " WHERE status = 'pending'"
-            )
-            [(due,)] = await self._read(sql)
-            return None if due is None else float(due)
         sql = (
-            "SELECT id, due_at FROM continuations INDEXED BY continuations_due"
-            " WHERE status = 'pending' AND due_at IS NOT NULL ORDER BY due_at, id LIMIT ?"
+            "SELECT due_at FROM continuations INDEXED BY continuations_due"
+            f" WHERE status = 'pending' AND due_at IS NOT NULL AND {_NOT_SKIPPED}"
+            " ORDER BY due_at, id LIMIT 1"
         )
-        rows = await self._read(sql, (len(skip) + 1,))
-        return next((float(due) for cid, due in rows if cid not in skip), None)
+        found = await self._read(sql, (_skipped(skip),))
+        return float(found[0][0]) if found else None
 
     async def waiting(self, strategies: Sequence[str]) -> list[ContinuationRow]:
         marks = ", ".join("?" * len(strategies))

@@ -112,6 +112,29 @@ async def test_an_unopenable_database_is_a_store_error(clock: ManualClock, tmp_p
             pass
 
 
+async def test_an_sqlite_without_what_the_store_needs_is_refused(
+    clock: ManualClock, sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 32, 3))
+    with pytest.raises(StoreError, match=r"3\.33 or newer"):
+        async with ActorSystem(sqlite_path, actors=[Notifier], clock=clock):
+            pass
+    monkeypatch.undo()
+
+    real_connect = sqlite3.connect
+
+    class NoJson(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if "json_each" in sql:
+                raise sqlite3.OperationalError("no such table: json_each")
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda path: real_connect(path, factory=NoJson))
+    with pytest.raises(StoreError, match="no JSON functions"):
+        async with ActorSystem(sqlite_path, actors=[Notifier], clock=clock):
+            pass
+
+
 async def test_a_firing_changed_by_another_process_is_not_committed(
     open_sqlite: OpenSystem, sqlite_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,10 +225,12 @@ async def test_a_firing_whose_commit_failed_fires_again(
 @pytest.mark.parametrize(
     "query",
     [
-        "SELECT MIN(due_at) FROM continuations INDEXED BY continuations_due"
-        " WHERE status = 'pending'",
-        "SELECT id FROM continuations INDEXED BY continuations_due"
-        " WHERE status = 'pending' AND due_at <= 1 ORDER BY due_at, id LIMIT 5",
+        "SELECT due_at FROM continuations INDEXED BY continuations_due WHERE status = 'pending'"
+        " AND due_at IS NOT NULL AND id NOT IN (SELECT value FROM json_each('[\"a\"]'))"
+        " ORDER BY due_at, id LIMIT 1",
+        "SELECT * FROM continuations INDEXED BY continuations_due WHERE status = 'pending'"
+        " AND due_at <= 1 AND id NOT IN (SELECT value FROM json_each('[\"a\"]'))"
+        " ORDER BY due_at, id LIMIT 5",
         "SELECT id FROM continuations WHERE status IN ('completed') AND finished_at < 1",
     ],
 )

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from operation_chain import (
     CHAIN_VERSION,
+    ERROR,
     RESULT,
     CallOp,
     ChainLimitError,
@@ -374,6 +375,7 @@ def test_the_slot_setter_falls_back_to_setattr_for_unknown_slots() -> None:
         st.floats(),
         st.booleans(),
         st.none(),
+        st.sampled_from([RESULT, ERROR]),
     )
 )
 def test_scalar_arguments_render_as_reprlib_renders_them(value: object) -> None:
