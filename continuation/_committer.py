@@ -34,6 +34,9 @@ class PendingCommit:
 class Committer:
     """Applies queued commits in batches, one transaction per batch, in submission order.
 
+    Every turn of a batch is settled (its future done) before the next batch starts, so once
+    a turn's future is done, so is the future of every turn submitted before it.
+
     Args:
         store: where commits go.
         on_committed: called with each batch after it is durable (downstream delivery,

@@ -187,8 +187,12 @@ class Scheduler:
                         future = await self._fire(slot, row)
                         if future is not None:
                             futures.append(future)
+                    if futures:
+                        self._activations.track(slot, futures[-1])  # the actor's latest
             if futures:
-                await asyncio.wait(futures)
+                # The committer settles commits in the order they were submitted, so the last
+                # one settled means all did; waiting for each would cost a callback apiece.
+                await asyncio.wait((futures[-1],))
         finally:
             for row in rows:
                 self.in_flight.discard(row.id)
@@ -209,9 +213,7 @@ class Scheduler:
             return None  # another host took the actor since the row was claimed: it fires it
         if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
             del slot.keys[row.key]
-        future = self._committer.submit(commit, slot, downstream)
-        self._activations.track(slot, future)
-        return future
+        return self._committer.submit(commit, slot, downstream)
 
     async def _turn(
         self, slot: ActorSlot, row: ContinuationRow, now: float
