@@ -93,7 +93,7 @@ def _fence(db: sqlite3.Connection, commits: Sequence[Commit]) -> set[int]:
 def _write(db: sqlite3.Connection, commits: Sequence[Commit]) -> None:
     """Apply the effects of ``commits`` as if one after another.
 
-    Statements are grouped by kind for ``executemany``, so the order of kinds matters:
+    Rows are grouped by kind into many-row statements, so the order of kinds matters:
     storage (the last write of a key wins), updates of fired continuations (which free their
     dedup keys), new continuations, then cancellations (which may target new ones).
     """
