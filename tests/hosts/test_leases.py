@@ -17,6 +17,7 @@ import pytest
 from continuation import (
     Actor,
     ActorSystem,
+    ActorUnavailableError,
     AlarmInfo,
     Continuation,
     LeaseLostError,
@@ -163,6 +164,22 @@ async def test_a_call_waits_out_the_lease_of_a_holder_that_cannot_be_reached(
     keeper_task.cancel()  # a stops renewing: its leases run out within 0.3 s
     assert await b.get(Account, "x").deposit(1) == 6
     assert lease_of(database, "x") == ("b", 2)
+
+
+async def test_a_call_to_an_unreachable_holder_whose_lease_outlasts_the_wait_is_refused(
+    open_host: Host, database: PostgresDatabase
+) -> None:
+    # The holder keeps its lease for longer than a caller waits (max(30 s, 3 x lease_ttl)):
+    # the call fails at once with ActorUnavailableError rather than hanging on.
+    a = await open_host("a", lease_ttl=120.0)
+    a.address = f"ws://127.0.0.1:{free_port()}/rpc"  # nothing listens there
+    await a.get(Account, "x").deposit(5)
+    await a._leases.directory.register("a", a.address, 120.0)  # type: ignore[union-attr]
+    b = await open_host("b", lease_ttl=1.0)
+    with pytest.raises(ActorUnavailableError, match=r"held by host 'a', which does not answer"):
+        await b.get(Account, "x").deposit(1)
+    assert lease_of(database, "x") == ("a", 1)
+    assert await a.get(Account, "x").balance() == 5
 
 
 async def test_a_host_that_stops_hands_its_actors_over_at_once(
