@@ -17,11 +17,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._store.base import Lease
-from ._store.postgres_hosts import ActorKey, Holder, HostDirectory
+from ._store.base import ActorKey, Holder, Lease
 from ._uploader import CoalescingUploader
+
+if TYPE_CHECKING:
+    from ._store.postgres_hosts import HostDirectory
 
 logger = logging.getLogger("continuation")
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,13 +50,14 @@ from ._ref import ActorRef
 from ._remote import Remotes
 from ._scheduler import Scheduler
 from ._store.base import Commit, ContinuationRow, RowUpdate, Store
-from ._store.hosted import HostedStore
-from ._store.postgres import PostgresStore
-from ._store.postgres_hosts import HostDirectory
-from ._store.select import create_store
+from ._store.select import create_store, postgres_store
 from ._timer import Timer
 from ._turn import ActorSlot, Runtime, TurnBuffer, check_instance, current_turn, signal_send
 from ._work import DISPATCHED, Outcome, RemoteCall, decode_outcome, encode_outcome
+
+if TYPE_CHECKING:
+    from ._store.hosted import HostedStore
+    from ._store.postgres import PostgresStore
 
 logger = logging.getLogger("continuation")
 
@@ -159,6 +160,7 @@ class ActorSystem:
         self.address = address
         self._lease_ttl = _positive("lease_ttl", lease_ttl)
         self._leases: LeaseKeeper | None = None
+        self._hosted: HostedStore | None = None  # the store, when shared with other hosts
         self._adopting: set[asyncio.Task[None]] = set()
         self._unleased: set[tuple[str, str]] = set()  # evicted, lease not yet given up
         if signing_key is not None and not isinstance(signing_key, bytes):
@@ -207,11 +209,12 @@ class ActorSystem:
         if self._state != "new":
             raise SystemClosedError(f"the system is {self._state}; create a new one")
         await self._store.open()
-        if isinstance(self._store, PostgresStore) and self._classes:
+        postgres = postgres_store(self._store)
+        if postgres is not None and self._classes:
             # A system with no actor classes only inspects and changes rows (the command
             # line's): it runs no actor, so it takes no lease and joins no hosts.
             try:
-                await self._join_hosts(self._store)
+                await self._join_hosts(postgres)
             except BaseException:
                 await self._store.close()
                 raise
@@ -239,8 +242,8 @@ class ActorSystem:
         self._state = "running"
         if self._classes:  # a system with no actors sends no work
             await self._dispatcher.resume()
-        if isinstance(self._store, HostedStore):
-            await self._store.store.listen(self._scheduler.notice)
+        if self._hosted is not None:
+            await self._hosted.store.listen(self._scheduler.notice)
         if self._timer is not None:
             # An outside timer hears of due times and wakes the system: no loop of its own.
             await self._timer.start(self)
@@ -272,6 +275,9 @@ class ActorSystem:
 
     async def _join_hosts(self, store: PostgresStore) -> None:
         """Register as one of the hosts sharing ``store``, and see the store as this host."""
+        from ._store.hosted import HostedStore  # with asyncpg: only PostgreSQL needs them
+        from ._store.postgres_hosts import HostDirectory
+
         directory = HostDirectory(store.pool)
         self._leases = LeaseKeeper(
             directory,
@@ -283,7 +289,7 @@ class ActorSystem:
             on_tick=self._take_over,
             status=self._status,
         )
-        self._store = HostedStore(
+        self._store = self._hosted = HostedStore(
             store, directory, host=self._host_id, ttl=self._lease_ttl,
             claimed=self._leases.claimed,
         )  # fmt: skip
@@ -298,8 +304,8 @@ class ActorSystem:
 
     async def _send_adopted(self, actors: list[tuple[str, str]]) -> None:
         try:
-            assert isinstance(self._store, HostedStore)
-            rows = await self._store.waiting_of(actors, DISPATCHED)
+            assert self._hosted is not None
+            rows = await self._hosted.waiting_of(actors, DISPATCHED)
         except Exception:
             logger.exception("reading the work out for %d adopted actors failed", len(actors))
             return
@@ -309,8 +315,8 @@ class ActorSystem:
 
     async def _take_over(self) -> None:
         """Send again the work of hosts that are gone, whose actors this host now holds."""
-        assert isinstance(self._store, HostedStore)
-        for row in await self._store.taken_over(DISPATCHED):
+        assert self._hosted is not None
+        for row in await self._hosted.taken_over(DISPATCHED):
             self._dispatch_row(row, row.revision)
         self._scheduler.notice(self._clock.now())
 

@@ -113,6 +113,19 @@ class Lease:
     epoch: int
 
 
+ActorKey = tuple[str, str]
+"""An actor: its binding and instance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Another host's live lease on an actor: who, where to reach it, and until when."""
+
+    host: str
+    address: str | None
+    expires_in: float
+
+
 class Refusal(StrEnum):
     """Why ``Store.apply`` left a turn out."""
 

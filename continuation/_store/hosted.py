@@ -15,9 +15,9 @@ from typing import Final, TypeVar
 import asyncpg
 
 from .._errors import StoreError
-from .base import AuditRow, Commit, ContinuationRow, Refusal
+from .base import ActorKey, AuditRow, Commit, ContinuationRow, Refusal
 from .postgres import PostgresStore
-from .postgres_hosts import ActorKey, HostDirectory
+from .postgres_hosts import HostDirectory
 
 _DEADLOCK_ATTEMPTS: Final = 3
 

@@ -17,21 +17,10 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
-from .base import Lease
+from .base import ActorKey, Holder, Lease
 from .postgres_migrations import Connection
 
 NOW: Final = "extract(epoch from clock_timestamp())::float8"
-
-ActorKey = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """Another host's live lease on an actor: who, where to reach it, and until when."""
-
-    host: str
-    address: str | None
-    expires_in: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Final
+import sys
+from typing import TYPE_CHECKING, Final, cast
 
 from .base import Store
 from .sqlite import Durability, SQLiteStore
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
 
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 
@@ -27,3 +31,12 @@ def create_store(database: str | os.PathLike[str], *, durability: Durability) ->
 
         return PostgresStore(os.fspath(database), durability=durability)
     return SQLiteStore(os.fspath(database), durability=durability)
+
+
+def postgres_store(store: Store) -> PostgresStore | None:
+    """``store`` if it is a ``PostgresStore``, else None; without importing asyncpg, since a
+    ``PostgresStore`` exists only once ``create_store`` imported its module."""
+    module = sys.modules.get(f"{__package__}.postgres")
+    if module is not None and isinstance(store, module.PostgresStore):
+        return cast("PostgresStore", store)
+    return None
