@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ._chain import CHAIN_VERSION, OperationChain
-from ._decode import Decoder, scan
+from ._decode import Decoder, flat_chain, scan
 from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported, plain_ops
 from ._errors import ChainValidationError, CodecError, DecodeError
 from ._policy import DEFAULT_POLICY, ExecutionPolicy
@@ -121,6 +121,10 @@ class Codec:
         tree = parse_json(data)
         if not _may_hold_tags(data):
             return tree  # parsed JSON holds only JSON types, and no object is a tag
+        if type(tree) is dict and len(tree) == 1 and "$chain" in tree:
+            chain = flat_chain(tree["$chain"])
+            if chain is not None:
+                return chain
         return self._decode(tree, parsed_json=True)
 
     def _run(self, value: Any, method: Any) -> Any:

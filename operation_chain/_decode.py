@@ -457,6 +457,43 @@ def _marker(body: Any) -> Marker:
     return Marker(body)
 
 
+def flat_chain(ops: Any) -> OperationChain | None:
+    """The chain ``[{"op": "get", ...}, {"op": "call", ...}]`` encodes, when its arguments are
+    all JSON scalars and markers, as ``Decoder.dec`` would build it; None for anything else.
+
+    Most stored handler chains have this shape (``c.handle(1, c.result)``), and every firing
+    decodes one: this skips the decoder's general dispatch. Anything unusual, malformed
+    input included, is left to the decoder and its errors.
+    """
+    if type(ops) is not list or len(ops) != 2:
+        return None
+    get, call = ops
+    if type(get) is not dict or type(call) is not dict or len(get) != 2 or len(call) != 3:
+        return None
+    name, args, kwargs = get.get("name"), call.get("args"), call.get("kwargs")
+    if (
+        get.get("op") != "get"
+        or call.get("op") != "call"
+        or type(name) is not str
+        or not name
+        or type(args) is not list
+        or kwargs != {}
+    ):
+        return None
+    known = _known_get(name)
+    if known is None:
+        return None
+    values: list[Any] = []
+    for arg in args:
+        if type(arg) in _JSON_SCALARS:
+            values.append(arg)
+        elif type(arg) is dict and len(arg) == 1 and arg.get("$marker") in ("result", "error"):
+            values.append(Marker(arg["$marker"]))
+        else:
+            return None
+    return _build_chain((known, call_op(tuple(values), {}) if values else NO_ARGUMENTS))
+
+
 _TAGS: dict[str, Callable[[Decoder, Any], Any]] = {
     "$ref": Decoder.ref,
     "$id": Decoder.identified,

@@ -605,6 +605,74 @@ def test_the_nested_chain_shortcut_writes_what_the_full_walk_writes(
     )
 
 
+_flat_arguments = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+    st.sampled_from([RESULT, ERROR]),
+)
+
+
+@st.composite
+def _flat_calls(draw: st.DrawFn) -> OperationChain:
+    p = OperationProxy()
+    method = getattr(p, draw(st.sampled_from(["f", "g", "handle"])))
+    return chain_of(method(*draw(st.lists(_flat_arguments, max_size=4))))
+
+
+def _shape(value: Any) -> Any:
+    """A chain's operations with each argument's type: equality alone has 1 == True."""
+    if isinstance(value, OperationChain):
+        return [
+            (type(op), *(_shape(getattr(op, f.name)) for f in dataclasses.fields(op)))
+            for op in value.ops
+        ]
+    if isinstance(value, tuple | list):
+        return [_shape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return (float, "nan")
+    return (type(value), value)
+
+
+@settings(max_examples=300)
+@given(st.one_of(_flat_calls(), nested_chains()))
+def test_the_flat_chain_shortcut_decodes_what_the_decoder_decodes(chain: OperationChain) -> None:
+    # Stored handler chains are mostly one call with scalar and marker arguments; loads
+    # builds those directly, and must build exactly what the decoder builds, or leave it.
+    from operation_chain._decode import Decoder, flat_chain
+
+    tree = orjson.loads(dumps(chain))
+    fast = flat_chain(tree["$chain"])
+    general = Decoder(Codec()).dec(tree)
+    if fast is not None:
+        assert _shape(fast) == _shape(general)
+    assert _shape(loads(dumps(chain))) == _shape(general)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["op", "name", "args", "kwargs", "$marker"]), inner, max_size=3
+            )
+        ),
+        max_leaves=12,
+    )
+)
+def test_the_flat_chain_shortcut_leaves_anything_else_to_the_decoder(ops: Any) -> None:
+    from operation_chain._decode import flat_chain
+
+    chain = flat_chain(ops)  # never raises: malformed input is the decoder's to refuse
+    if chain is not None:
+        assert _shape(Codec().decode({"$chain": ops})) == _shape(chain)
+
+
 def test_a_chain_nested_deeper_than_the_stack_is_a_codec_error() -> None:
     p = OperationProxy()
     value = p.start()
