@@ -62,9 +62,8 @@ class Committer:
         self._ready = asyncio.Event()
         self._closing = False
         self.applied = 0  # turns committed so far
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="continuation-committer"
-        )
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="continuation-committer")
 
     def submit(
         self,
@@ -75,7 +74,7 @@ class Committer:
         """Queue one turn's commit; the future resolves once it is durable."""
         if self._closing:
             raise SystemClosedError("the actor system is closing; no more turns can commit")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         self._queue.append(PendingCommit(commit, slot, future, downstream or []))
         self._ready.set()
         return future
