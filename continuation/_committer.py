@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from rpc._host import DownstreamMessage
 
@@ -28,7 +28,7 @@ class PendingCommit:
     commit: Commit
     slot: ActorSlot | None
     future: asyncio.Future[None]
-    downstream: list[DownstreamMessage] = field(default_factory=list)
+    downstream: Sequence[DownstreamMessage] = ()
 
 
 class Committer:
@@ -69,13 +69,13 @@ class Committer:
         self,
         commit: Commit,
         slot: ActorSlot | None,
-        downstream: list[DownstreamMessage] | None = None,
+        downstream: Sequence[DownstreamMessage] | None = None,
     ) -> asyncio.Future[None]:
         """Queue one turn's commit; the future resolves once it is durable."""
         if self._closing:
             raise SystemClosedError("the actor system is closing; no more turns can commit")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.append(PendingCommit(commit, slot, future, downstream or []))
+        self._queue.append(PendingCommit(commit, slot, future, downstream or ()))
         self._ready.set()
         return future
 

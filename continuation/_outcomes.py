@@ -32,7 +32,7 @@ def _update(row: ContinuationRow, **changes: object) -> RowUpdate:
         "last_traceback": row.last_traceback,
         "finished_at": row.finished_at,
         "cancel_requested": row.cancel_requested,
-        "events": [],
+        "events": (),
         "phase": row.phase,
         "outcome": row.outcome,
     }
@@ -56,7 +56,7 @@ def completed(row: ContinuationRow, now: float) -> RowUpdate:
         # A plain completion is not written to the audit table: the trail shows it from the
         # row's own finished_at (as it shows "scheduled" from created_at), which saves two
         # of the few row writes every continuation costs.
-        events: list[tuple[str, str | None]] = [("cancelled", None)] if row.cancel_requested else []
+        events = (("cancelled", None),) if row.cancel_requested else ()
         return _finished(row, status, now, attempts=attempts, events=events)
     timezone = orjson.loads(row.options).get("timezone")
     due = next_cron_time(row.cron, timezone, max(now, row.scheduled_at))

@@ -111,9 +111,9 @@ class ActorSlot:
             instance=self.instance,
             now=buffer.now,
             writes=buffer.writes,
-            new=buffer.new,
-            cancels=buffer.cancels,
-            signals=buffer.signals,
+            new=buffer.new or (),
+            cancels=buffer.cancels or (),
+            signals=buffer.signals or (),
             lease=self.lease,
         )
 

@@ -89,7 +89,7 @@ class RowUpdate:
     last_traceback: str | None
     finished_at: float | None
     cancel_requested: bool
-    events: list[tuple[str, str | None]]
+    events: Sequence[tuple[str, str | None]]
     phase: str | None = None
     outcome: bytes | None = None
 
@@ -159,12 +159,15 @@ class Commit:
     binding: str
     instance: str
     now: float
+    # Empty effects are empty tuples, not lists: thousands of commits may wait for their
+    # transaction at once, and every list among them is one more object for each pass of
+    # the garbage collector to walk.
     writes: dict[str, bytes | None] = field(default_factory=dict)
-    new: list[NewContinuation] = field(default_factory=list)
+    new: Sequence[NewContinuation] = ()
     update: RowUpdate | None = None
-    cancels: list[str] = field(default_factory=list)
-    signals: list[SignalSend] = field(default_factory=list)
-    notes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    cancels: Sequence[str] = ()
+    signals: Sequence[SignalSend] = ()
+    notes: Sequence[tuple[str, str, str | None]] = ()
     standalone: bool = False
     call_result: tuple[str, bytes] | None = None
     lease: Lease | None = None
