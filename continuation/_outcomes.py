@@ -57,7 +57,11 @@ def completed(row: ContinuationRow, now: float) -> RowUpdate:
         # row's own finished_at (as it shows "scheduled" from created_at), which saves two
         # of the few row writes every continuation costs.
         events = (("cancelled", None),) if row.cancel_requested else ()
-        return _finished(row, status, now, attempts=attempts, events=events)
+        # Built in place, not through _finished: this runs for every firing.
+        return RowUpdate(
+            row.id, row.revision, status, None, row.scheduled_at, attempts, row.last_error,
+            row.last_traceback, now, row.cancel_requested, events, row.phase, row.outcome,
+        )  # fmt: skip
     timezone = orjson.loads(row.options).get("timezone")
     due = next_cron_time(row.cron, timezone, max(now, row.scheduled_at))
     when = datetime.fromtimestamp(due, UTC).isoformat()
