@@ -59,18 +59,27 @@ class Job:
     work: bytes
     options: str
     retry: str | None
-    row: ContinuationRow | None = None  # the row as committed, when that is known
+    new: NewContinuation | None = None  # what was inserted, when that is known
+    committed_at: float = 0.0
 
     @classmethod
     def of_new(cls, new: NewContinuation, now: float) -> Job | None:
         """The job of a continuation just committed at ``now``, if its strategy sends work.
 
-        It carries the row as it was inserted, so the outcome's update needs no read of it:
-        should the row have changed since, the update's fence refuses it.
+        It keeps what was inserted, so the outcome's update needs no read of the row: should
+        the row have changed since, the update's fence refuses it.
         """
         if new.strategy not in DISPATCHED or new.work is None:
             return None
-        row = ContinuationRow(
+        return cls(new.id, 0, new.binding, new.instance, new.strategy, new.work, new.options,
+                   new.retry, new, now)  # fmt: skip
+
+    def inserted_row(self) -> ContinuationRow | None:
+        """The row as its insert left it, when the job was made from the insert."""
+        new, now = self.new, self.committed_at
+        if new is None:
+            return None
+        return ContinuationRow(
             id=new.id, binding=new.binding, instance=new.instance, strategy=new.strategy,
             status="pending", chain=new.chain, error_chain=new.error_chain,
             chain_text=new.chain_text, error_chain_text=new.error_chain_text,
@@ -81,8 +90,6 @@ class Job:
             cancel_requested=False, revision=0, phase=new.phase, work=new.work,
             wait_name=new.wait_name,
         )  # fmt: skip
-        return cls(new.id, 0, new.binding, new.instance, new.strategy, new.work, new.options,
-                   new.retry, row)  # fmt: skip
 
     @classmethod
     def of_row(cls, row: ContinuationRow, revision: int) -> Job | None:
@@ -244,7 +251,7 @@ class Dispatcher:
                 # Nothing of the turn committed: its lease moved (hosts sharing a database),
                 # an earlier turn of the target failed to commit, or the store failed. If the
                 # row still waits (read again above), send the call again.
-                job = dataclasses.replace(job, row=None)
+                job = dataclasses.replace(job, new=None)
                 continue
             return
         await self._note_late(job, "the call's turn could not commit for it")
@@ -288,7 +295,9 @@ class Dispatcher:
 
     async def _waiting_row(self, job: Job) -> ContinuationRow | None:
         """The job's row if it still waits for this job's outcome; else note why not."""
-        row = job.row if job.row is not None else await self._store.get(job.id)
+        row = job.inserted_row()
+        if row is None:
+            row = await self._store.get(job.id)
         if row is not None and row.revision == job.revision and row.phase == "waiting":
             return row
         await self._note_late(job, "the continuation no longer waits for it")

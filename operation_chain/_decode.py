@@ -25,6 +25,7 @@ from ._chain import GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, ca
 from ._encode import SAFE_EXCEPTIONS
 from ._errors import ChainValidationError, DecodeError, RemoteError, SignatureError
 from ._markers import Marker
+from ._registry import dataclass_fields
 
 if TYPE_CHECKING:
     from ._codec import Codec
@@ -223,8 +224,8 @@ class Decoder:
         raise DecodeError(f"$obj cannot rebuild {cls.__qualname__}")
 
     def fill_dataclass(self, instance: Any, state: dict[str, Any]) -> Any:
-        fields = {f.name: f for f in dataclasses.fields(instance)}
-        unknown = set(state) - set(fields)
+        fields = dataclass_fields(type(instance))
+        unknown = state.keys() - fields.keys()
         if unknown:
             raise DecodeError(f"{type(instance).__qualname__} has no fields {sorted(unknown)}")
         self.descend()

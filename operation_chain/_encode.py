@@ -32,6 +32,7 @@ from ._chain import CallOp, GetOp, ItemOp, Operation, OperationChain
 from ._errors import RemoteError, UnsupportedTypeError
 from ._markers import Marker
 from ._proxy import OperationProxy
+from ._registry import dataclass_fields
 
 if TYPE_CHECKING:
     from ._codec import Codec
@@ -294,7 +295,7 @@ class Encoder:
                 self.open_models = set()
             self.open_models.add(id(value))
         else:
-            names = [f.name for f in dataclasses.fields(value)]
+            names = dataclass_fields(type(value))
         self.descend()
         state: dict[str, Any] = {}
         field = ""

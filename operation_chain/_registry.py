@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
@@ -54,6 +55,14 @@ class TypeRegistry:
     def type_named(self, name: str) -> type[Any] | None:
         """The class registered under ``name``, or ``None``."""
         return self._by_name.get(name)
+
+
+@functools.cache
+def dataclass_fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
+    """The fields of a registered dataclass by name, looked up once per class: every
+    encoding and decoding of one needs them, and ``dataclasses.fields`` builds them anew
+    each time. Only registered classes get here, and the registry keeps them alive anyway."""
+    return {spec.name: spec for spec in dataclasses.fields(cls)}
 
 
 def _is_registrable(cls: object) -> bool:
