@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
@@ -57,12 +56,17 @@ class TypeRegistry:
         return self._by_name.get(name)
 
 
-@functools.cache
+_FIELDS: dict[type[Any], dict[str, dataclasses.Field[Any]]] = {}
+
+
 def dataclass_fields(cls: type[Any]) -> dict[str, dataclasses.Field[Any]]:
     """The fields of a registered dataclass by name, looked up once per class: every
     encoding and decoding of one needs them, and ``dataclasses.fields`` builds them anew
     each time. Only registered classes get here, and the registry keeps them alive anyway."""
-    return {spec.name: spec for spec in dataclasses.fields(cls)}
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = {spec.name: spec for spec in dataclasses.fields(cls)}
+    return fields
 
 
 def _is_registrable(cls: object) -> bool:
