@@ -12,11 +12,9 @@ own transaction, so the target's effects and the caller's result commit together
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Final, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -37,19 +35,33 @@ _CALL_ATTEMPTS: Final = 5
 """Times a same-system remote call is run before its failure to commit is final; the row
 then waits for its timeout, which delivers the failure."""
 
-MAX_RUNNING: Final = 256
-"""Jobs running at once; more wait in a queue (as data, not as tasks), so a burst of
-thousands costs neither memory nor garbage-collection time per waiting job."""
+MAX_RUNNING: Final = 1024
+"""Jobs out at once; more wait in a queue as plain tuples, so a burst of thousands costs
+neither memory nor garbage-collection time per waiting job. Calls to this system's actors
+are out as data in their target's lane, not as tasks: with 1,024 out instead of 256, a lane
+runs more calls per hold of its actor's turn (10,000 calls to 100 actors: 9,068 against
+8,436 /s in alternating runs; 2,048 gained nothing more)."""
 
-LocalCall = Callable[[RemoteCall, Callable[[Outcome], RowUpdate], str], Awaitable[None]]
-"""Runs a remote call (with its idempotency key) in a turn of an actor of this system; the
-update that stores its outcome for the caller commits in that turn's transaction (or alone,
-when the call raised or ran on another host sharing the database)."""
+LocalCall = tuple[RemoteCall, Callable[[Outcome], RowUpdate], str]
+"""A remote call to an actor of this system, what stores its outcome for the caller, and its
+idempotency key."""
+
+LocalCalls = Callable[[list[LocalCall]], Awaitable[list[asyncio.Future[None] | None]]]
+"""Runs remote calls to one actor of this system, each in a turn of its own, one after
+another; the update that stores a call's outcome for its caller commits in that turn's
+transaction (or alone, when the call raised or ran on another host sharing the database).
+Returns each call's commit once its turn has run (``None``: nothing to wait for); one that
+could not commit fails with ``CommitError``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One piece of work to send: a row's id and revision when it went out, and its work."""
+class Job(NamedTuple):
+    """One piece of work to send: a row's id and revision when it went out, and its work;
+    for a job made from a fresh insert, the rest of what was inserted too.
+
+    A tuple of plain values, and queued as a plain ``tuple``: the garbage collector stops
+    tracking a plain tuple of strings, bytes and numbers, and a burst queues thousands of
+    jobs, which as objects every full collection would walk.
+    """
 
     id: str
     revision: int
@@ -59,8 +71,17 @@ class Job:
     work: bytes
     options: str
     retry: str | None
-    new: NewContinuation | None = None  # what was inserted, when that is known
-    committed_at: float = 0.0
+    committed_at: float | None = None  # the insert's commit time; None if not made from it
+    chain: bytes = b""
+    error_chain: bytes | None = None
+    chain_text: str = ""
+    error_chain_text: str | None = None
+    due_at: float | None = None
+    key: str | None = None
+    cron: str | None = None
+    version: str = ""
+    phase: str | None = None
+    wait_name: str | None = None
 
     @classmethod
     def of_new(cls, new: NewContinuation, now: float) -> Job | None:
@@ -72,23 +93,25 @@ class Job:
         if new.strategy not in DISPATCHED or new.work is None:
             return None
         return cls(new.id, 0, new.binding, new.instance, new.strategy, new.work, new.options,
-                   new.retry, new, now)  # fmt: skip
+                   new.retry, now, new.chain, new.error_chain, new.chain_text,
+                   new.error_chain_text, new.due_at, new.key, new.cron, new.version, new.phase,
+                   new.wait_name)  # fmt: skip
 
     def inserted_row(self) -> ContinuationRow | None:
         """The row as its insert left it, when the job was made from the insert."""
-        new, now = self.new, self.committed_at
-        if new is None:
+        now = self.committed_at
+        if now is None:
             return None
         return ContinuationRow(
-            id=new.id, binding=new.binding, instance=new.instance, strategy=new.strategy,
-            status="pending", chain=new.chain, error_chain=new.error_chain,
-            chain_text=new.chain_text, error_chain_text=new.error_chain_text,
-            options=new.options, retry=new.retry, due_at=new.due_at,
-            scheduled_at=now if new.due_at is None else new.due_at, attempts=0,
+            id=self.id, binding=self.binding, instance=self.instance, strategy=self.strategy,
+            status="pending", chain=self.chain, error_chain=self.error_chain,
+            chain_text=self.chain_text, error_chain_text=self.error_chain_text,
+            options=self.options, retry=self.retry, due_at=self.due_at,
+            scheduled_at=now if self.due_at is None else self.due_at, attempts=0,
             last_error=None, last_traceback=None, created_at=now, updated_at=now,
-            finished_at=None, key=new.key, cron=new.cron, version=new.version,
-            cancel_requested=False, revision=0, phase=new.phase, work=new.work,
-            wait_name=new.wait_name,
+            finished_at=None, key=self.key, cron=self.cron, version=self.version,
+            cancel_requested=False, revision=0, phase=self.phase, work=self.work,
+            wait_name=self.wait_name,
         )  # fmt: skip
 
     @classmethod
@@ -106,13 +129,16 @@ class Job:
 
 
 class Dispatcher:
-    """Runs each job in a task of its own and stores its outcome.
+    """Runs each job and stores its outcome: a fetch or a call to another host in a task of
+    its own, calls to one actor of this system in one task per actor, one after another (as
+    its turns would run anyway), so a burst costs neither a task nor a wait on the actor's
+    turn lock per call.
 
     Args:
         store: where rows are read back before an outcome is stored.
         committer: commits outcomes.
         runtime: the codec and clock.
-        local_call: runs a remote call whose target lives in this system.
+        local_calls: runs remote calls whose target lives in this system.
         remotes: sends remote calls to actors of other hosts.
         fetcher: makes the proxy-fetch dispatcher (and its HTTP client) on the first
             fetch, so a system that never fetches never builds one.
@@ -124,21 +150,26 @@ class Dispatcher:
         store: Store,
         committer: Committer,
         runtime: Runtime,
-        local_call: LocalCall,
+        local_calls: LocalCalls,
         remotes: Remotes,
         fetcher: Callable[[], FetchDispatcher],
     ) -> None:
         self._store = store
         self._committer = committer
         self._runtime = runtime
-        self._local_call = local_call
+        self._local_calls = local_calls
         self._remotes = remotes
         self._make_fetcher = fetcher
         self._fetcher: FetchDispatcher | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._fetches: set[str] = set()  # ids of the running jobs an abort may stop
-        self._queue: dict[str, Job] = {}  # waiting for a free task, in dispatch order
+        self._queue: dict[str, tuple[object, ...]] = {}  # jobs as plain tuples, in order
         self._actors: dict[str, tuple[str, str]] = {}  # the actor of each running job
+        # Calls waiting for their target's task, by target, with the attempt each is on.
+        self._lanes: dict[tuple[str, str], list[tuple[Job, RemoteCall, int]]] = {}
+        self._lane_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()  # set while no job is out
+        self._idle.set()
         self._closed = False
 
     @property
@@ -149,21 +180,120 @@ class Dispatcher:
         return self._fetcher
 
     def dispatch(self, job: Job) -> None:
-        """Send ``job`` in a task of its own, unless it is already out (or queued)."""
-        if self._closed or job.id in self._tasks or job.id in self._queue:
+        """Send ``job``, unless it is already out (or queued)."""
+        if self._closed or job.id in self._actors or job.id in self._queue:
             return
-        if len(self._tasks) >= MAX_RUNNING:
-            self._queue[job.id] = job
+        if len(self._actors) >= MAX_RUNNING:
+            self._queue[job.id] = tuple(job)
             return
         self._start(job)
 
     def _start(self, job: Job) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(job), name=f"work-{job.id}")
-        self._tasks[job.id] = task
         self._actors[job.id] = (job.binding, job.instance)
+        self._idle.clear()
+        if job.strategy == "remote-call":
+            work = self._local_work(job)
+            if work is not None:
+                self._to_lane(job, work, 1)
+                return
         if job.strategy == "proxy-fetch":
             self._fetches.add(job.id)
-        task.add_done_callback(lambda _: self._forget(job.id, task))
+        self._in_task(job.id, self._run(job))
+
+    def _in_task(self, cid: str, work: Coroutine[None, None, None]) -> None:
+        """Run a job's ``work`` in a task of its own; the job is over when the task is."""
+        task = asyncio.get_running_loop().create_task(work, name=f"work-{cid}")
+        self._tasks[cid] = task
+        task.add_done_callback(lambda _: self._forget(cid, task))
+
+    def _local_work(self, job: Job) -> RemoteCall | None:
+        """The call of a remote-call job whose target lives in this system; ``None`` for a
+        call to another host, or work that does not decode (its task reports why)."""
+        try:
+            work = self._runtime.codec.loads(job.work)
+        except Exception:
+            return None
+        if not isinstance(work, RemoteCall) or work.binding in self._remotes:
+            return None
+        return work
+
+    def _to_lane(self, job: Job, work: RemoteCall, attempt: int) -> None:
+        target = (work.binding, work.instance)
+        lane = self._lanes.get(target)
+        if lane is None:
+            lane = self._lanes[target] = []
+            name = f"calls-{work.binding}/{work.instance}"
+            task = asyncio.get_running_loop().create_task(self._run_lane(target, lane), name=name)
+            self._lane_tasks[target] = task
+        lane.append((job, work, attempt))
+
+    async def _run_lane(
+        self, target: tuple[str, str], lane: list[tuple[Job, RemoteCall, int]]
+    ) -> None:
+        """Run the calls to one actor as they come, each batch under one hold of its turn
+        lock. A batch does not wait for the commits of the one before: the actor's next
+        turns run while those are made durable, as turns waiting on its lock would."""
+        try:
+            while lane:
+                batch = lane[:]
+                lane.clear()
+                await self._call_batch(batch)
+        finally:
+            del self._lanes[target]
+            del self._lane_tasks[target]
+            for job, _, _ in lane:  # cancelled (closing): sent again on the next start
+                self._finished(job.id)
+
+    async def _call_batch(self, batch: list[tuple[Job, RemoteCall, int]]) -> None:
+        unsettled = {job.id for job, _, _ in batch}
+        calls: list[tuple[Job, RemoteCall, int]] = []
+        items: list[LocalCall] = []
+        try:
+            for job, work, attempt in batch:
+                row = await self._waiting_row(job)
+                if row is None:
+                    unsettled.discard(job.id)
+                    self._finished(job.id)
+                else:
+                    calls.append((job, work, attempt))
+                    items.append((work, self._updater(row, job), job.id))
+            futures = await self._local_calls(items) if items else []
+        except BaseException as exc:
+            for cid in unsettled:
+                if isinstance(exc, Exception):
+                    logger.error(
+                        "the work of continuation %s failed unexpectedly", cid, exc_info=exc
+                    )
+                self._finished(cid)
+            if isinstance(exc, Exception):
+                return
+            raise
+        # The committer settles in submission order: once the last is done, all are.
+        last = next((f for f in reversed(futures) if f is not None), None)
+        if last is None:
+            self._settle_calls(calls, futures)
+        else:
+            last.add_done_callback(lambda _: self._settle_calls(calls, futures))
+
+    def _settle_calls(
+        self,
+        calls: list[tuple[Job, RemoteCall, int]],
+        futures: list[asyncio.Future[None] | None],
+    ) -> None:
+        """The commits of a batch of calls are settled: each job is over, or goes again."""
+        for (job, work, attempt), future in zip(calls, futures, strict=True):
+            failed = future is not None and (future.cancelled() or future.exception() is not None)
+            if not failed:
+                self._finished(job.id)
+            elif attempt < _CALL_ATTEMPTS and not self._closed:
+                # Nothing of the turn committed: its lease moved (hosts sharing a database),
+                # an earlier turn of the target failed to commit, or the store failed. If the
+                # row still waits (read again then), the call goes again.
+                self._to_lane(job._replace(committed_at=None), work, attempt + 1)
+            else:
+                self._in_task(
+                    job.id, self._note_late(job, "the call's turn could not commit for it")
+                )
 
     async def resume(self) -> int:
         """Send again every job still waiting in the store (after a restart); how many."""
@@ -186,26 +316,26 @@ class Dispatcher:
     @property
     def running(self) -> int:
         """Jobs out or queued."""
-        return len(self._tasks) + len(self._queue)
+        return len(self._actors) + len(self._queue)
 
     @property
     def busy(self) -> set[tuple[str, str]]:
         """The actors with work out or queued: a host keeps their leases until it is back."""
-        return set(self._actors.values()) | {(j.binding, j.instance) for j in self._queue.values()}
+        queued = (Job._make(values) for values in self._queue.values())
+        return set(self._actors.values()) | {(job.binding, job.instance) for job in queued}
 
     async def settle(self) -> bool:
         """Wait until no job is out (queued ones included); whether there were any."""
-        if not self._tasks:
+        if not self._actors:
             return False
-        while self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
+        await self._idle.wait()
         return True
 
     async def aclose(self) -> None:
         """Stop every job; what they had not stored is sent again on the next start."""
         self._closed = True
         self._queue.clear()
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._lane_tasks.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -213,15 +343,21 @@ class Dispatcher:
             await self._fetcher.aclose()
 
     def _forget(self, cid: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(cid) is task:
-            del self._tasks[cid]
-            del self._actors[cid]
-            self._fetches.discard(cid)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("the work of continuation %s failed unexpectedly", cid, exc_info=exc)
+        if self._tasks.get(cid) is task:
+            del self._tasks[cid]
+            self._fetches.discard(cid)
+            self._finished(cid)
+
+    def _finished(self, cid: str) -> None:
+        """A job is over: start the next one queued."""
+        del self._actors[cid]
         if self._queue and not self._closed:
             queued = next(iter(self._queue))
-            self._start(self._queue.pop(queued))
+            self._start(Job._make(self._queue.pop(queued)))
+        elif not self._actors:
+            self._idle.set()
 
     async def _run(self, job: Job) -> None:
         if job.strategy == "proxy-fetch":
@@ -240,21 +376,7 @@ class Dispatcher:
                 return  # the durable timeout delivers it
             await self._store_outcome(job, outcome)
             return
-        for _ in range(_CALL_ATTEMPTS):
-            row = await self._waiting_row(job)
-            if row is None:
-                return
-            outcome_of = self._updater(row, job)
-            try:
-                await self._local_call(work, outcome_of, job.id)
-            except CommitError:
-                # Nothing of the turn committed: its lease moved (hosts sharing a database),
-                # an earlier turn of the target failed to commit, or the store failed. If the
-                # row still waits (read again above), send the call again.
-                job = dataclasses.replace(job, new=None)
-                continue
-            return
-        await self._note_late(job, "the call's turn could not commit for it")
+        raise AssertionError(f"a call to {work.binding!r}, served here, went to a task")
 
     async def _fetch(self, job: Job) -> Outcome:
         request = self._runtime.codec.loads(job.work)

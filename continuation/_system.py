@@ -30,7 +30,7 @@ from ._activation import Activations
 from ._actor import Actor
 from ._clock import Clock, ManualClock, SystemClock
 from ._committer import Committer, PendingCommit
-from ._dispatch import Dispatcher, Job
+from ._dispatch import Dispatcher, Job, LocalCall
 from ._errors import (
     ActorUnavailableError,
     CommitError,
@@ -235,7 +235,7 @@ class ActorSystem:
             store=self._store,
             committer=self._committer,
             runtime=self._runtime,
-            local_call=self._call_for,
+            local_calls=self._calls_for,
             remotes=self._remotes,
             fetcher=lambda: FetchDispatcher(**self._fetch_options),  # type: ignore[arg-type]
         )
@@ -497,6 +497,35 @@ class ActorSystem:
                 self._activations.discard_instance(slot)
         return result
 
+    async def _calls_for(self, calls: list[LocalCall]) -> list[asyncio.Future[None] | None]:
+        """Same-system remote calls to one actor, each in a turn of its own under one hold
+        of the actor's turn lock; each turn's transaction also stores its caller's result.
+        Returns each call's commit once its turn has run (``None``: nothing to wait for)."""
+        first = calls[0][0]
+        cls = self._class_of(first.binding)
+        futures: list[asyncio.Future[None] | None] = []
+        try:
+            while len(futures) < len(calls):
+                async with self._activations.turn(cls, first.instance) as slot:
+                    for work, outcome_of, key in calls[len(futures) :]:
+                        try:
+                            future = await self._answer_call_for(slot, work, outcome_of, key)
+                        except _LostWhileWaiting:
+                            break  # the rest run on the actor as loaded again
+                        futures.append(future)
+        except LeasedElsewhere:
+            # Another host holds the actor (hosts sharing a database): each call goes there.
+            for work, outcome_of, key in calls[len(futures) :]:
+                settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                try:
+                    await self._call_for(work, outcome_of, key)
+                except CommitError as exc:
+                    settled.set_exception(exc)
+                else:
+                    settled.set_result(None)
+                futures.append(settled)
+        return futures
+
     async def _call_for(
         self, work: RemoteCall, outcome_of: Callable[[Outcome], RowUpdate], key: str
     ) -> None:
@@ -549,6 +578,11 @@ class ActorSystem:
         # under the same key (its work sent again after a host died): one answer serves both.
         shared = self._leases is not None
         stored = await self._stored_answer(slot, key) if shared else None
+        if slot.lost:
+            raise _LostWhileWaiting(
+                "an earlier turn of this actor could not commit while the call waited for it;"
+                " nothing of the call ran"
+            )
         standalone: Outcome
         if stored is not None:
             standalone = stored
@@ -889,3 +923,8 @@ def _statuses(status: object) -> list[str] | None:
     except ValueError:
         known = ", ".join(s.value for s in ContinuationStatus)
         raise InvalidArgumentError(f"unknown status in {status!r}; known: {known}") from None
+
+
+class _LostWhileWaiting(CommitError):
+    """A call found its actor's in-memory view thrown away (an earlier turn failed to
+    commit) while it waited to run: it did not run, and can go again at once."""

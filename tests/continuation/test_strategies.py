@@ -175,6 +175,82 @@ async def test_the_targets_effects_and_the_callers_result_commit_together(
         assert ("Billing", "acme", True) in seen
 
 
+class Purchases(Actor):
+    """Schedules several calls to one target in one turn."""
+
+    def buy(self, *amounts: int) -> None:
+        c = Continuation(self)
+        billing = Continuation(Billing)
+        for amount in amounts:
+            self.continue_(
+                c.bought(c.result), strategy="remote-call", binding="Billing",
+                instance="shop", call=billing.charge(amount), timeout=30,
+            )  # fmt: skip
+
+    def bought(self, receipt: str) -> None:
+        self.storage.put("receipts", [*self.storage.get("receipts", []), receipt])
+
+    def receipts(self) -> list[str]:
+        return list(self.storage.get("receipts", []))
+
+
+def fail_call_turns(monkeypatch: pytest.MonkeyPatch, system: ActorSystem, times: int) -> list[int]:
+    """Fail the first ``times`` batches that hold a call's turn on Billing (the target's
+    effects with its caller's stored result), as a disk error would; return how many of
+    those turns each failed batch held."""
+    from .conftest import hook_commits
+
+    failed: list[int] = []
+
+    def hook(commits: Any, _: int) -> None:
+        turns = [c for c in commits if c.binding == "Billing" and c.update is not None]
+        if turns and len(failed) < times:
+            failed.append(len(turns))
+            raise OSError("disk I/O error")
+
+    hook_commits(monkeypatch, system, hook)
+    return failed
+
+
+async def test_calls_whose_turns_failed_to_commit_are_sent_again_and_run_once_in_order(
+    open_system: OpenSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_system(Purchases, Billing) as system:
+        failed = fail_call_turns(monkeypatch, system, times=1)
+        await system.get(Purchases, "p").buy(1, 2, 3)
+        await system.drain()
+        # Every call whose turn was in the failed batch (or ran on its lost effects) went
+        # again and ran once, in the order they were scheduled.
+        assert len(failed) == 1
+        assert await system.get(Billing, "shop").total() == 6
+        assert await system.get(Purchases, "p").receipts() == [
+            "receipt-1",
+            "receipt-2",
+            "receipt-3",
+        ]
+        done = await system.continuations(status="completed")
+        assert len(done) == 3
+
+
+async def test_a_call_whose_turn_never_commits_gives_up_and_times_out(
+    open_system: OpenSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_system(Orders, Billing) as system:
+        failed = fail_call_turns(monkeypatch, system, times=100)
+        cid = await system.get(Orders, "o-1").pay(4, timeout=30)
+        await system.drain()
+        assert failed == [1] * 5  # sent five times, then left to its timeout
+        info = await system.continuation(cid)
+        assert info.status == ContinuationStatus.PENDING
+        notes = [event.detail for event in info.audit if event.event == "late outcome ignored"]
+        assert notes == ["the call's turn could not commit for it"]
+        await system.advance(30)
+        assert await log_of(system) == [
+            ("failed", "TimeoutError", "the remote-call got no outcome within 30.0 s")
+        ]
+        assert await system.get(Billing, "acme").total() == 0
+
+
 async def test_a_remote_calls_exception_goes_to_the_error_chain(open_system: OpenSystem) -> None:
     async with open_system(Orders, Billing) as system:
         await system.get(Orders, "o-1").pay(-1)
@@ -627,7 +703,7 @@ async def test_work_beyond_the_running_limit_waits_its_turn(
         cids = [await orders.pay(n, method="slow_charge", instance="queue") for n in (1, 2, 3, 4)]
         await asyncio.sleep(0)
         dispatcher = system._dispatcher
-        assert (len(dispatcher._tasks), list(dispatcher._queue)) == (2, cids[2:])
+        assert (len(dispatcher._actors), list(dispatcher._queue)) == (2, cids[2:])
         await orders.cancel(cids[3])  # a queued job is dropped, never sent
         assert list(dispatcher._queue) == cids[2:3]
         gate.set()
