@@ -115,7 +115,7 @@ class _Run:
         inject: Mapping[str, Any] | None,
         policy: ExecutionPolicy | None,
     ) -> None:
-        if not isinstance(chain, OperationChain):
+        if type(chain) is not OperationChain and not isinstance(chain, OperationChain):
             raise TypeError(
                 f"expected an OperationChain, not {type(chain).__name__}"
                 " (chain_of(proxy) gives the chain a proxy recorded)"
@@ -127,7 +127,7 @@ class _Run:
             injected = self.inject.keys()
         if policy is None:
             policy = DEFAULT_POLICY
-        elif not isinstance(policy, ExecutionPolicy):
+        elif type(policy) is not ExecutionPolicy and not isinstance(policy, ExecutionPolicy):
             raise TypeError(f"policy must be an ExecutionPolicy, not {type(policy).__name__}")
         policy.check(chain, target, injected=injected)
         # Bound once: method lookups on a pydantic model cost more than the checks.
@@ -156,6 +156,8 @@ class _Run:
         kind = type(value)
         if kind in SCALAR_TYPES:
             return value
+        if kind is Marker:  # c.result in a handler: every continuation has one
+            return self._injected(value)
         if kind is list or kind is tuple or kind is dict:
             return self._container(value, built)
         if isinstance(value, Marker):
@@ -298,7 +300,9 @@ class _AsyncRun(_Run):
 
 
 def _checked_inject(inject: Mapping[str, Any]) -> Mapping[str, Any]:
-    if not isinstance(inject, Mapping):
+    # Exact types first, here and above: an ABC's isinstance is slow, and this runs for
+    # every execution.
+    if type(inject) is not dict and not isinstance(inject, Mapping):
         raise TypeError(
             f"inject must be a mapping such as {{'result': value}}, not {type(inject).__name__}"
         )

@@ -135,7 +135,7 @@ class ExecutionPolicy(BaseModel):
                 name, or a chain that contains itself through its arguments).
             MarkerNotInjectedError: see ``injected``.
         """
-        if not isinstance(chain, OperationChain):
+        if type(chain) is not OperationChain and not isinstance(chain, OperationChain):
             raise TypeError(f"check() takes an OperationChain, not {type(chain).__name__}")
         private = chain.__pydantic_private__
         if private:
@@ -499,6 +499,11 @@ class _StaticCheck:
                     continue
                 if kind is OperationChain:  # passed directly, as pipelined calls are
                     found = self._nested(value, depth + 1)
+                elif kind is Marker:  # c.result in a handler: every continuation has one
+                    injected = self._injected
+                    if injected is not None and value.name not in injected:
+                        raise marker_not_injected(value)
+                    continue
                 else:
                     if seen is None:
                         seen = set()
