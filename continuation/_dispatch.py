@@ -102,16 +102,13 @@ class Job(NamedTuple):
         now = self.committed_at
         if now is None:
             return None
+        # Positional, in ContinuationRow's field order: this runs for every job.
         return ContinuationRow(
-            id=self.id, binding=self.binding, instance=self.instance, strategy=self.strategy,
-            status="pending", chain=self.chain, error_chain=self.error_chain,
-            chain_text=self.chain_text, error_chain_text=self.error_chain_text,
-            options=self.options, retry=self.retry, due_at=self.due_at,
-            scheduled_at=now if self.due_at is None else self.due_at, attempts=0,
-            last_error=None, last_traceback=None, created_at=now, updated_at=now,
-            finished_at=None, key=self.key, cron=self.cron, version=self.version,
-            cancel_requested=False, revision=0, phase=self.phase, work=self.work,
-            wait_name=self.wait_name,
+            self.id, self.binding, self.instance, self.strategy, "pending", self.chain,
+            self.error_chain, self.chain_text, self.error_chain_text, self.options, self.retry,
+            self.due_at, now if self.due_at is None else self.due_at, 0, None, None, now, now,
+            None, self.key, self.cron, self.version, False, 0, self.phase, self.work, None,
+            self.wait_name,
         )  # fmt: skip
 
     @classmethod

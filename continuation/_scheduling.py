@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from operation_chain import (
     ChainSecurityError,
@@ -81,7 +84,7 @@ def schedule(
         new.cron = parsed.cron
     else:
         assert isinstance(parsed, WorkOptions)
-        new.options = parsed.model_dump_json(include={"timeout"})
+        new.options = _timeout_options(parsed.timeout)
         new.due_at = parsed.deadline(turn.now)
         new.phase = "waiting"
         if isinstance(parsed, RemoteCallOptions):
@@ -93,6 +96,13 @@ def schedule(
             new.wait_name = parsed.name
     turn.new.append(new)
     return new.id
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout_options(timeout: float | None) -> str:
+    """The stored options of a strategy's work: its timeout, as JSON (the same few values
+    come again and again)."""
+    return orjson.dumps({"timeout": timeout}).decode()
 
 
 def _remote_call(slot: ActorSlot, options: RemoteCallOptions) -> RemoteCall:
