@@ -14,6 +14,8 @@ documents; ``dumps``/``loads`` convert to and from UTF-8 JSON bytes.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import re
 from collections.abc import Mapping
 from typing import Any, Final, TypeVar
@@ -25,7 +27,7 @@ from ._decode import Decoder, flat_chain, scan
 from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported, plain_ops
 from ._errors import ChainValidationError, CodecError, DecodeError
 from ._policy import DEFAULT_POLICY, ExecutionPolicy
-from ._registry import DEFAULT_REGISTRY, TypeRegistry
+from ._registry import DEFAULT_REGISTRY, TypeRegistry, dataclass_fields
 
 ChainT = TypeVar("ChainT", bound=OperationChain)
 
@@ -92,7 +94,38 @@ class Codec:
             ops = plain_ops(value.ops, self.max_depth)
             if ops is not None:
                 return {"$chain": ops}
+        else:
+            name = self.registry.name_of(kind)
+            if name is not None and _plain_record_type(kind):
+                tree = self._plain_record(value, name)
+                if tree is not None:
+                    return tree
         return self._run(value, Encoder.enc)
+
+    def _plain_record(self, value: Any, name: str) -> Any:
+        """The tree of a registered dataclass whose fields are plain scalars and at most
+        one plain chain (a stored remote call, say), as the ``Encoder`` would write it; None
+        for anything else, which the ``Encoder`` then takes."""
+        state: dict[str, Any] = {}
+        chained = False
+        for field in dataclass_fields(type(value)):
+            item = getattr(value, field)
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    return None
+            elif kind is int:
+                if not INT_MIN <= item <= INT_MAX:
+                    return None
+            elif kind is OperationChain and not chained and self.max_depth >= _RECORD_DEPTH:
+                ops = plain_ops(item.ops, self.max_depth - 1)
+                if ops is None:
+                    return None
+                item, chained = {"$chain": ops}, True
+            elif item is not None and kind is not bool:
+                return None
+            state[field] = item
+        return {"$obj": [name, state]}
 
     def decode(self, data: Any) -> Any:
         """Decode a tree made by ``encode`` (or parsed from ``dumps`` output)."""
@@ -121,11 +154,46 @@ class Codec:
         tree = parse_json(data)
         if not _may_hold_tags(data):
             return tree  # parsed JSON holds only JSON types, and no object is a tag
-        if type(tree) is dict and len(tree) == 1 and "$chain" in tree:
-            chain = flat_chain(tree["$chain"])
-            if chain is not None:
-                return chain
+        if type(tree) is dict and len(tree) == 1:
+            if "$chain" in tree:
+                chain = flat_chain(tree["$chain"])
+                if chain is not None:
+                    return chain
+            elif "$obj" in tree and self.max_depth >= _RECORD_DEPTH:
+                record = self._plain_record_of(tree["$obj"])
+                if record is not None:
+                    return record
         return self._decode(tree, parsed_json=True)
+
+    def _plain_record_of(self, body: Any) -> Any:
+        """The registered dataclass a ``$obj`` tree holds when every field is there, as a
+        JSON scalar or a flat chain, as the ``Decoder`` would build it; None for anything
+        else (errors included), which the ``Decoder`` then takes."""
+        if type(body) is not list or len(body) != 2:
+            return None
+        name, state = body
+        if type(name) is not str or type(state) is not dict:
+            return None
+        cls = self.registry.type_named(name)
+        if cls is None or not _plain_record_type(cls):
+            return None
+        fields = dataclass_fields(cls)
+        if len(state) != len(fields) or state.keys() != fields.keys():
+            return None
+        maker: Any = cls
+        record = maker.__new__(maker)  # as Decoder.obj makes it: no __init__ runs
+        for field, item in state.items():
+            kind = type(item)
+            if kind is dict:
+                if len(item) != 1 or "$chain" not in item:
+                    return None
+                item = flat_chain(item["$chain"])
+                if item is None:
+                    return None
+            elif kind is list:
+                return None
+            object.__setattr__(record, field, item)
+        return record
 
     def _run(self, value: Any, method: Any) -> Any:
         encoder = Encoder(self)
@@ -167,6 +235,27 @@ def _write_json(tree: Any) -> bytes:
         # exceed the JSON writer's own nesting limit.
         raise CodecError(f"the encoded value cannot be written as JSON: {exc}") from None
 
+
+_RECORD_DEPTH: Final = 8
+"""The least ``max_depth`` at which a plain record takes the shortcuts: well within what
+the general encoder and decoder allow for its few levels."""
+
+
+def _plain_record_type(cls: Any) -> bool:
+    """Whether the shortcuts may encode and decode instances of ``cls`` (a registered
+    type, exactly: the shortcuts read only its own fields): a dataclass that the general
+    encoder also writes as ``$obj``, so not an exception or an enum."""
+    known = _PLAIN_RECORD_TYPES.get(cls)
+    if known is None:
+        known = _PLAIN_RECORD_TYPES[cls] = (
+            isinstance(cls, type)
+            and dataclasses.is_dataclass(cls)
+            and not issubclass(cls, (BaseException, enum.Enum))
+        )
+    return known
+
+
+_PLAIN_RECORD_TYPES: dict[Any, bool] = {}
 
 _DETACH_LIMIT: Final = 1 << 16
 

@@ -41,6 +41,8 @@ from operation_chain import (
     register_type,
 )
 from operation_chain._codec import _detached
+from operation_chain._decode import Decoder
+from operation_chain._encode import Encoder
 from tests.operation_chain.chain_strategies import nested_chains
 from tests.strategies import (
     Color,
@@ -377,6 +379,61 @@ def test_registered_dataclass_model_and_enum_roundtrip() -> None:
     back = roundtrip(value)
     assert back == value
     assert back[2] is Color.GREEN
+
+
+@register_type(name="tests.Call")
+@dataclasses.dataclass(frozen=True)
+class Call:
+    target: str
+    attempt: int
+    urgent: bool
+    note: str | None
+    chain: Any = None
+    other: Any = None
+
+
+def general_tree(value: Any) -> Any:
+    """What the general encoder writes, bypassing the codec's shortcuts."""
+    codec = Codec()
+    return codec._run(value, Encoder.enc)
+
+
+def test_a_plain_registered_dataclass_takes_the_shortcuts_to_the_same_result() -> None:
+    p = OperationProxy()
+    codec = Codec()
+    calls = [
+        Call("billing", 2, True, None, chain_of(p.charge(10, "eur"))),
+        Call("billing", 0, False, "no chain"),
+        Call("ok", -(2**53), False, None, chain_of(p.a.b(RESULT))),
+    ]
+    for call in calls:
+        assert codec.encode(call) == general_tree(call)
+        data = dumps(call)
+        assert loads(data) == call == Decoder(codec).dec(orjson.loads(data))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        Call("caf\u00e9", 1, True, None),  # a non-ASCII string
+        Call("x", 2**70, True, None),  # an integer past the JSON range
+        Call("x", 1, True, None, 1.5),  # a float
+        Call("x", 1, True, None, chain_of(OperationProxy().a(1)), chain_of(OperationProxy().b())),
+        Call("x", 1, True, None, [1, 2]),  # a container
+    ],
+)
+def test_anything_else_in_a_registered_dataclass_takes_the_general_path(call: Call) -> None:
+    assert encode(call) == general_tree(call)
+    assert roundtrip(call) == call
+
+
+def test_a_stored_record_missing_a_field_or_with_an_unknown_one_is_decoded_generally() -> None:
+    base = {"target": "x", "attempt": 1, "urgent": True, "note": None, "chain": None}
+    assert decode({"$obj": ["tests.Call", base]}) == Call("x", 1, True, None)  # default other
+    with pytest.raises(DecodeError, match="no fields"):
+        loads(orjson.dumps({"$obj": ["tests.Call", {**base, "other": 1, "extra": 2}]}))
+    with pytest.raises(DecodeError, match="missing the field 'target'"):
+        loads(orjson.dumps({"$obj": ["tests.Call", {"attempt": 1}]}))
 
 
 def test_unregistered_user_types_are_refused_with_advice() -> None:
