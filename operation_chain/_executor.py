@@ -342,9 +342,13 @@ def _has_dynamic(values: Iterable[Any], seen: set[int] | None = None) -> bool:
 
 
 def _call_is_dynamic(op: CallOp) -> bool:
-    """Whether a call's arguments hold anything to resolve; quick when all are scalars."""
+    """Whether a call's arguments hold anything to resolve; quick when all are scalars, or
+    when one is a marker (a handler's ``c.result``)."""
     for value in op.args:
-        if type(value) not in SCALAR_TYPES:
+        kind = type(value)
+        if kind not in SCALAR_TYPES:
+            if kind is Marker or kind is OperationChain:
+                return True
             return _has_dynamic(op.args) or _has_dynamic(op.kwargs.values())
     return bool(op.kwargs) and _has_dynamic(op.kwargs.values())
 
