@@ -94,6 +94,9 @@ class Codec:
             ops = plain_ops(value.ops, self.max_depth)
             if ops is not None:
                 return {"$chain": ops}
+        elif kind is tuple:
+            if all(_encodes_to_itself(item) for item in value):
+                return {"$tuple": list(value)}  # a stored outcome, ("ok", 42), say
         else:
             name = self.registry.name_of(kind)
             if name is not None and _plain_record_type(kind):
@@ -110,19 +113,12 @@ class Codec:
         chained = False
         for field in dataclass_fields(type(value)):
             item = getattr(value, field)
-            kind = type(item)
-            if kind is str:
-                if not item.isascii():
-                    return None
-            elif kind is int:
-                if not INT_MIN <= item <= INT_MAX:
-                    return None
-            elif kind is OperationChain and not chained and self.max_depth >= _RECORD_DEPTH:
+            if type(item) is OperationChain and not chained and self.max_depth >= _RECORD_DEPTH:
                 ops = plain_ops(item.ops, self.max_depth - 1)
                 if ops is None:
                     return None
                 item, chained = {"$chain": ops}, True
-            elif item is not None and kind is not bool:
+            elif not _encodes_to_itself(item):
                 return None
             state[field] = item
         return {"$obj": [name, state]}
@@ -159,6 +155,10 @@ class Codec:
                 chain = flat_chain(tree["$chain"])
                 if chain is not None:
                     return chain
+            elif "$tuple" in tree:
+                items = tree["$tuple"]
+                if type(items) is list and all(type(item) in _JSON_SCALARS for item in items):
+                    return tuple(items)
             elif "$obj" in tree and self.max_depth >= _RECORD_DEPTH:
                 record = self._plain_record_of(tree["$obj"])
                 if record is not None:
@@ -239,6 +239,19 @@ def _write_json(tree: Any) -> bytes:
 _RECORD_DEPTH: Final = 8
 """The least ``max_depth`` at which a plain record takes the shortcuts: well within what
 the general encoder and decoder allow for its few levels."""
+
+
+_JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _encodes_to_itself(item: Any) -> bool:
+    """Whether a scalar is its own encoding (what the Encoder passes through unchanged)."""
+    kind = type(item)
+    if kind is str:
+        return bool(item.isascii())
+    if kind is int:
+        return bool(INT_MIN <= item <= INT_MAX)
+    return item is None or kind is bool
 
 
 def _plain_record_type(cls: Any) -> bool:

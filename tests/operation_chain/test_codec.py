@@ -427,6 +427,26 @@ def test_anything_else_in_a_registered_dataclass_takes_the_general_path(call: Ca
     assert roundtrip(call) == call
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        ("ok", 42),
+        ("error", None, True, -(2**53)),
+        (),
+        ("caf\u00e9", 1),  # the general path from here on
+        (1.5, 2),
+        (2**70,),
+        ([1], {"a": 1}),
+        (("nested",),),
+    ],
+)
+def test_a_tuple_encodes_and_decodes_as_the_general_path_does(value: tuple[Any, ...]) -> None:
+    codec = Codec()
+    assert codec.encode(value) == general_tree(value)
+    data = dumps(value)
+    assert loads(data) == value == Decoder(codec).dec(orjson.loads(data))
+
+
 def test_a_stored_record_missing_a_field_or_with_an_unknown_one_is_decoded_generally() -> None:
     base = {"target": "x", "attempt": 1, "urgent": True, "note": None, "chain": None}
     assert decode({"$obj": ["tests.Call", base]}) == Call("x", 1, True, None)  # default other
