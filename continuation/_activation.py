@@ -86,7 +86,7 @@ class Activations:
             slot.actor = None
             slot.lease = await self._leases.acquire(*key)
         if not slot.loaded:
-            tail = self._tails.get(key)
+            tail = self.tail(*key)
             if tail is not None:
                 await asyncio.wait([tail])
             slot.state = await self._store.load_state(*key)
@@ -101,15 +101,14 @@ class Activations:
 
     def track(self, slot: ActorSlot, future: asyncio.Future[None]) -> None:
         """Remember the actor's latest commit, which a later activation must wait for."""
-        key = (slot.binding, slot.instance)
-        self._tails[key] = future
-        future.add_done_callback(
-            lambda f: self._tails.pop(key) if self._tails.get(key) is f else None
-        )
+        # Kept until replaced or the actor goes (a done one is as good as none): a callback
+        # to drop each one when done would cost every turn a closure and a loop callback.
+        self._tails[(slot.binding, slot.instance)] = future
 
     def tail(self, binding: str, instance: str) -> asyncio.Future[None] | None:
         """The actor's latest commit still in flight, if any."""
-        return self._tails.get((binding, instance))
+        tail = self._tails.get((binding, instance))
+        return None if tail is None or tail.done() else tail
 
     def discard_instance(self, slot: ActorSlot) -> None:
         """Drop the actor object after a turn raised; state stays, a fresh object is made."""
@@ -122,12 +121,15 @@ class Activations:
         key = (slot.binding, slot.instance)
         if self._slots.get(key) is slot:
             del self._slots[key]
+        if self.tail(*key) is None:
+            self._tails.pop(key, None)
 
     def forget(self, key: ActorKey) -> None:
         """Drop an idle actor from memory (its lease is gone); a busy one reloads on its next
         turn anyway."""
         slot = self._slots.get(key)
-        if slot is not None and slot.users == 0 and key not in self._tails:
+        if slot is not None and slot.users == 0 and self.tail(*key) is None:
+            self._tails.pop(key, None)
             self.lose(slot)
 
     def evict_idle(self, now: float, idle_timeout: float) -> list[ActorKey]:
@@ -135,8 +137,9 @@ class Activations:
         idle = [
             key
             for key, slot in self._slots.items()
-            if slot.users == 0 and now - slot.last_used >= idle_timeout and key not in self._tails
+            if slot.users == 0 and now - slot.last_used >= idle_timeout and self.tail(*key) is None
         ]
         for key in idle:
             self._slots.pop(key).lost = True
+            self._tails.pop(key, None)
         return idle
