@@ -280,9 +280,9 @@ class Dispatcher:
         """The commits of a batch of calls are settled: each job is over, or goes again."""
         for (job, work, attempt), future in zip(calls, futures, strict=True):
             failed = future is not None and (future.cancelled() or future.exception() is not None)
-            if not failed:
+            if not failed or self._closed:  # closing: what did not commit goes on the next start
                 self._finished(job.id)
-            elif attempt < _CALL_ATTEMPTS and not self._closed:
+            elif attempt < _CALL_ATTEMPTS:
                 # Nothing of the turn committed: its lease moved (hosts sharing a database),
                 # an earlier turn of the target failed to commit, or the store failed. If the
                 # row still waits (read again then), the call goes again.
