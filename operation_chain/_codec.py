@@ -148,8 +148,8 @@ class Codec:
     def loads(self, data: bytes | bytearray | memoryview | str) -> Any:
         """Decode UTF-8 JSON bytes made by ``dumps``. Raises ``DecodeError`` on bad input."""
         tree = parse_json(data)
-        if not _may_hold_tags(data):
-            return tree  # parsed JSON holds only JSON types, and no object is a tag
+        # The shortcuts first: a one-key object with a tag's key holds a tag anyway, so the
+        # text need not be searched for one.
         if type(tree) is dict and len(tree) == 1:
             if "$chain" in tree:
                 chain = flat_chain(tree["$chain"])
@@ -163,6 +163,8 @@ class Codec:
                 record = self._plain_record_of(tree["$obj"])
                 if record is not None:
                     return record
+        if not _may_hold_tags(data):
+            return tree  # parsed JSON holds only JSON types, and no object is a tag
         return self._decode(tree, parsed_json=True)
 
     def _plain_record_of(self, body: Any) -> Any:
