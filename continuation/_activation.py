@@ -129,8 +129,7 @@ class Activations:
         turn anyway."""
         slot = self._slots.get(key)
         if slot is not None and slot.users == 0 and self.tail(*key) is None:
-            self._tails.pop(key, None)
-            self.lose(slot)
+            self.lose(slot)  # which drops its done tail too
 
     def evict_idle(self, now: float, idle_timeout: float) -> list[ActorKey]:
         """Evict actors unused for ``idle_timeout`` seconds; return which."""

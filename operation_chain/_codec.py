@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from ._chain import CHAIN_VERSION, OperationChain
-from ._decode import Decoder, flat_chain, scan
+from ._decode import JSON_SCALARS, Decoder, flat_chain, scan
 from ._encode import INT_MAX, INT_MIN, Encoder, Unsupported, plain_ops
 from ._errors import ChainValidationError, CodecError, DecodeError
 from ._policy import DEFAULT_POLICY, ExecutionPolicy
@@ -157,7 +157,7 @@ class Codec:
                     return chain
             elif "$tuple" in tree:
                 items = tree["$tuple"]
-                if type(items) is list and all(type(item) in _JSON_SCALARS for item in items):
+                if type(items) is list and all(type(item) in JSON_SCALARS for item in items):
                     return tuple(items)
             elif "$obj" in tree and self.max_depth >= _RECORD_DEPTH:
                 record = self._plain_record_of(tree["$obj"])
@@ -241,9 +241,6 @@ def _write_json(tree: Any) -> bytes:
 _RECORD_DEPTH: Final = 8
 """The least ``max_depth`` at which a plain record takes the shortcuts: well within what
 the general encoder and decoder allow for its few levels."""
-
-
-_JSON_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def _encodes_to_itself(item: Any) -> bool:

@@ -30,7 +30,7 @@ from ._registry import dataclass_fields
 if TYPE_CHECKING:
     from ._codec import Codec
 
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def scan(value: Any, limit: int, depth: int = 0) -> bool:
@@ -51,7 +51,7 @@ def scan(value: Any, limit: int, depth: int = 0) -> bool:
     elif kind is list:
         found = False
         items = value
-    elif kind in _JSON_SCALARS:
+    elif kind in JSON_SCALARS:
         return False
     else:
         raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
@@ -59,7 +59,7 @@ def scan(value: Any, limit: int, depth: int = 0) -> bool:
         kind = type(item)
         if kind is dict or kind is list:
             found = scan(item, limit, depth + 1) or found
-        elif kind not in _JSON_SCALARS:
+        elif kind not in JSON_SCALARS:
             raise DecodeError(f"encoded data holds a {kind.__name__}, not a JSON value")
     return found
 
@@ -92,13 +92,13 @@ class Decoder:
             self.descend()
             dec = self.dec
             # Scalars, the bulk of most data, skip the call to dec().
-            out = {k: v if type(v) in _JSON_SCALARS else dec(v) for k, v in value.items()}
+            out = {k: v if type(v) in JSON_SCALARS else dec(v) for k, v in value.items()}
             self.depth -= 1
             return out
         if kind is list:
             self.descend()
             dec = self.dec
-            items = [v if type(v) in _JSON_SCALARS else dec(v) for v in value]
+            items = [v if type(v) in JSON_SCALARS else dec(v) for v in value]
             self.depth -= 1
             return items
         return value
@@ -337,7 +337,7 @@ class Decoder:
         append = values.append
         for arg in args:
             kind = type(arg)
-            if kind in _JSON_SCALARS:
+            if kind in JSON_SCALARS:
                 append(arg)
             elif kind is dict and len(arg) == 1 and "$chain" in arg:
                 # A nested chain, as pipelined calls send: what ``dec`` does, one call sooner.
@@ -347,7 +347,7 @@ class Decoder:
         dec = self.dec
         return call_op(
             tuple(values),
-            {k: v if type(v) in _JSON_SCALARS else dec(v) for k, v in kwargs.items()}
+            {k: v if type(v) in JSON_SCALARS else dec(v) for k, v in kwargs.items()}
             if kwargs
             else {},
         )
@@ -486,7 +486,7 @@ def flat_chain(ops: Any) -> OperationChain | None:
         return None
     values: list[Any] = []
     for arg in args:
-        if type(arg) in _JSON_SCALARS:
+        if type(arg) in JSON_SCALARS:
             values.append(arg)
         elif type(arg) is dict and len(arg) == 1 and arg.get("$marker") in ("result", "error"):
             values.append(Marker(arg["$marker"]))
