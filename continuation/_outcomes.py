@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import traceback
 from datetime import UTC, datetime
+from typing import Final
 
 import orjson
 
@@ -18,6 +19,9 @@ from ._store.base import ContinuationRow, RowUpdate
 from ._work import succeeded
 
 _rng = random.Random()
+# The columns the two commonest transitions change (see RowUpdate.columns).
+_COMPLETION_COLUMNS: Final = ("status", "due_at", "attempts", "finished_at")
+_DELIVERY_COLUMNS: Final = ("due_at", "phase", "outcome")
 
 
 def _update(row: ContinuationRow, **changes: object) -> RowUpdate:
@@ -61,6 +65,7 @@ def completed(row: ContinuationRow, now: float) -> RowUpdate:
         return RowUpdate(
             row.id, row.revision, status, None, row.scheduled_at, attempts, row.last_error,
             row.last_traceback, now, row.cancel_requested, events, row.phase, row.outcome,
+            _COMPLETION_COLUMNS,
         )  # fmt: skip
     timezone = orjson.loads(row.options).get("timezone")
     due = next_cron_time(row.cron, timezone, max(now, row.scheduled_at))
@@ -129,7 +134,7 @@ def delivered(row: ContinuationRow, now: float, outcome: bytes, event: str) -> R
     return RowUpdate(
         row.id, row.revision, row.status, now, row.scheduled_at, row.attempts, row.last_error,
         row.last_traceback, row.finished_at, row.cancel_requested, ((event, None),), "ready",
-        outcome,
+        outcome, _DELIVERY_COLUMNS,
     )  # fmt: skip
 
 

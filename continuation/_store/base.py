@@ -77,6 +77,11 @@ class RowUpdate:
 
     ``revision`` is the revision the change was computed from: if the row changed since
     (another process cancelled it, say), the whole turn carrying the update is refused.
+
+    ``columns`` names the only columns that may differ from the row as read (besides
+    ``updated_at`` and ``revision``), or is ``None`` for any. A store may write just those:
+    a narrower SQLite update maintains fewer indexes, and the two commonest transitions
+    (a plain completion, a delivered outcome) change few columns.
     """
 
     id: str
@@ -92,6 +97,7 @@ class RowUpdate:
     events: Sequence[tuple[str, str | None]]
     phase: str | None = None
     outcome: bytes | None = None
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

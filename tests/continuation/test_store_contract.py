@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from continuation._options import RetryPolicy
+from continuation._outcomes import completed, delivered, failed
 from continuation._store.base import (
     Commit,
     ContinuationRow,
@@ -351,6 +353,35 @@ async def test_two_updates_of_one_row_in_a_batch_apply_in_order(store: Store) ->
     assert await store.apply([turn(update=first), turn(update=second, standalone=True)]) == {}
     row = await row_of(store, "c1")
     assert (row.attempts, row.last_error, row.revision) == (2, "second", 2)
+
+
+async def test_narrow_and_full_updates_in_one_batch_leave_each_row_as_its_update_says(
+    store: Store,
+) -> None:
+    # A delivered outcome and a plain completion name the few columns they change, which a
+    # store may write alone; a failure changes any. Mixed in one batch, every column of
+    # every row must come back as its update holds it.
+    await store.apply([turn(new=[new(f"c{n:04}", strategy="remote-call", phase="waiting",
+                                     work=b"w") for n in range(9)])])  # fmt: skip
+    rows = await all_rows(store, 9)
+    ready = [delivered(rows[n], T0 + 1, b'["ok",2]', "remote-call answered") for n in (0, 3, 6)]
+    done = [completed(rows[n], T0 + 2) for n in (1, 4, 7)]
+    retry = RetryPolicy(max_attempts=3, base_delay=1, jitter=0)
+    broke = [failed(rows[n], T0 + 3, ValueError("no"), retry) for n in (2, 5, 8)]
+    updates = sorted(ready + done + broke, key=lambda u: u.id)
+    assert ready[0].columns is not None
+    assert done[0].columns is not None
+    assert broke[0].columns is None
+    assert await store.apply([turn(T0 + 4, update=u) for u in updates]) == {}
+    for update, row in zip(updates, await all_rows(store, 9), strict=True):
+        assert (row.status, row.due_at, row.scheduled_at, row.attempts, row.last_error,
+                row.last_traceback, row.finished_at, row.cancel_requested, row.phase,
+                row.outcome, row.revision, row.updated_at) == (
+            update.status, update.due_at, update.scheduled_at, update.attempts,
+            update.last_error, update.last_traceback, update.finished_at,
+            update.cancel_requested, update.phase, update.outcome, 1, T0 + 4,
+        )  # fmt: skip
+        assert (row.chain, row.work, row.strategy) == (b"chain", b"w", "remote-call")
 
 
 # -- reads -----------------------------------------------------------------------------------
