@@ -21,21 +21,11 @@ _INSERT_CONTINUATION: Final = (
     " updated_at, key, cron, version, phase, work, wait_name) VALUES {rows}"
 )
 _INSERT_CONTINUATION_ROW: Final = "(?, ?, ?, ?, 'pending', " + ", ".join("?" * 16) + ")"
-_UPDATE_CONTINUATION: Final = (
-    "UPDATE continuations SET status = ?, due_at = ?, scheduled_at = ?, attempts = ?,"
-    " last_error = ?, last_traceback = ?, finished_at = ?, cancel_requested = ?, updated_at = ?,"
-    " phase = ?, outcome = ?, revision = revision + 1 WHERE id = ?"
-)
-_UPDATE_CONTINUATIONS: Final = (
-    "UPDATE continuations SET status = v.column1, due_at = v.column2, scheduled_at = v.column3,"
-    " attempts = v.column4, last_error = v.column5, last_traceback = v.column6,"
-    " finished_at = v.column7, cancel_requested = v.column8, updated_at = v.column9,"
-    " phase = v.column10, outcome = v.column11, revision = revision + 1"
-    " FROM (VALUES {rows}) AS v WHERE continuations.id = v.column12"
-)
-_UPDATABLE: Final = frozenset(
-    {"status", "due_at", "scheduled_at", "attempts", "last_error", "last_traceback",
-     "finished_at", "cancel_requested", "phase", "outcome"}
+# The columns a fired continuation's update may set (see RowUpdate.columns), in the order
+# of its full update.
+_UPDATABLE: Final = (
+    "status", "due_at", "scheduled_at", "attempts", "last_error", "last_traceback",
+    "finished_at", "cancel_requested", "phase", "outcome",
 )  # fmt: skip
 _READY: Final = (
     "UPDATE continuations SET phase = 'ready', outcome = ?, due_at = ?, updated_at = ?,"
@@ -180,38 +170,27 @@ def _update_continuations(
     included), whatever the values; the statement for a plain completion or a delivered
     outcome sets its few columns and so costs about two thirds of the one that sets all.
     """
-    if len({update.id for update, _ in updates}) != len(updates):
-        # A row updated twice: one statement would apply only one of them, at random.
-        db.executemany(_UPDATE_CONTINUATION, [_full_row(u, now) for u, now in updates])
-        return
-    by_columns: dict[tuple[str, ...] | None, list[tuple[Any, ...]]] = {}
+    rows: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
     for update, now in updates:
-        columns = update.columns
-        rows = by_columns.get(columns)
-        if rows is None:
-            rows = by_columns[columns] = []
-        if columns is None:
-            rows.append(_full_row(update, now))
-        else:
-            rows.append((update.id, now, *[getattr(update, name) for name in columns]))
-    for columns, rows in by_columns.items():
-        if columns is None:
-            _execute_chunked(db, _UPDATE_CONTINUATIONS, rows)
-        else:
-            _execute_chunked(db, _narrow_update(columns), rows)
-
-
-def _full_row(update: RowUpdate, now: float) -> tuple[Any, ...]:
-    return (update.status, update.due_at, update.scheduled_at, update.attempts,
-            update.last_error, update.last_traceback, update.finished_at,
-            int(update.cancel_requested), now, update.phase, update.outcome, update.id)  # fmt: skip
+        columns = update.columns or _UPDATABLE
+        rows.append((columns, (update.id, now, *[getattr(update, name) for name in columns])))
+    if len({row[0] for _, row in rows}) != len(rows):
+        # A row updated twice: one statement would apply only one of them, at random.
+        for columns, row in rows:
+            _execute_chunked(db, _update_statement(columns), [row])
+        return
+    by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for columns, row in rows:
+        by_columns.setdefault(columns, []).append(row)
+    for columns, group in by_columns.items():
+        _execute_chunked(db, _update_statement(columns), group)
 
 
 @functools.lru_cache(maxsize=16)
-def _narrow_update(columns: tuple[str, ...]) -> str:
+def _update_statement(columns: tuple[str, ...]) -> str:
     """The many-row update of ``columns``, from rows of (id, now, *values)."""
-    if not _UPDATABLE.issuperset(columns):  # never from outside; but names go into SQL
-        raise ValueError(f"not updatable columns: {sorted(set(columns) - _UPDATABLE)}")
+    if not set(columns) <= set(_UPDATABLE):  # never from outside; but names go into SQL
+        raise ValueError(f"not updatable columns: {sorted(set(columns) - set(_UPDATABLE))}")
     sets = "".join(f" {name} = v.column{3 + i}," for i, name in enumerate(columns))
     return (
         f"UPDATE continuations SET{sets} updated_at = v.column2, revision = revision + 1"
