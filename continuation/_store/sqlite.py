@@ -22,7 +22,7 @@ from .._errors import StoreError
 from .base import AuditRow, Commit, ContinuationRow, Refusal
 from .connect import on_writer_thread, open_sqlite
 from .migrations import MIGRATIONS
-from .sqlite_write import write_batch
+from .sqlite_write import purge_finished, write_batch
 
 Durability = Literal["full", "normal"]
 
@@ -197,22 +197,8 @@ class SQLiteStore:
         return [AuditRow(*row) for row in await self._read(sql, (cid,))]
 
     async def purge(self, *, finished_before: float, statuses: Sequence[str]) -> int:
-        marks = ", ".join("?" * len(statuses))
-        doomed = f"SELECT id FROM continuations WHERE status IN ({marks}) AND finished_at < ?"
-        params = (*statuses, finished_before)
         async with self._connection() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.execute(f"DELETE FROM audit WHERE cid IN ({doomed})", params)
-                await db.execute("DELETE FROM call_results WHERE at < ?", (finished_before,))
-                cursor = await db.execute(
-                    f"DELETE FROM continuations WHERE id IN ({doomed})", params
-                )
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-        return cursor.rowcount
+            return await on_writer_thread(db, purge_finished, (finished_before, tuple(statuses)))
 
     async def _rows(self, sql: str, params: Iterable[Any]) -> list[ContinuationRow]:
         return [_row(values) for values in await self._read(sql, params)]
