@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TypeVar
 
 from .base import Commit, RowUpdate, SignalSend
+
+R = TypeVar("R")
 
 _INSERT_CONTINUATION: Final = (
     "INSERT INTO continuations (id, binding, instance, strategy, status, chain, error_chain,"
@@ -88,8 +90,9 @@ def _fence(db: sqlite3.Connection, commits: Sequence[Commit]) -> set[int]:
     return refused
 
 
-def _write(db: sqlite3.Connection, commits: Sequence[Commit]) -> None:
-    """Apply the effects of ``commits`` as if one after another.
+def _write(db: sqlite3.Connection, commits: Sequence[Commit], *, fenced: bool = False) -> None:
+    """Apply the effects of ``commits`` as if one after another; with ``fenced``, raise
+    ``_Changed`` if an update's row is not at the revision it was read at.
 
     Rows are grouped by kind into many-row statements, so the order of kinds matters:
     storage (the last write of a key wins), updates of fired continuations (which free their
@@ -136,7 +139,7 @@ def _write(db: sqlite3.Connection, commits: Sequence[Commit]) -> None:
             "DELETE FROM actor_state WHERE binding = ? AND instance = ? AND key = ?", deletes
         )
     _execute_chunked(db, _PUT_STATE, puts)
-    _update_continuations(db, updates)
+    _update_continuations(db, updates, fenced=fenced)
     _execute_chunked(db, _INSERT_CONTINUATION, inserts, _INSERT_CONTINUATION_ROW)
     if results:
         db.executemany(
@@ -163,9 +166,11 @@ def _write(db: sqlite3.Connection, commits: Sequence[Commit]) -> None:
 
 
 def _update_continuations(
-    db: sqlite3.Connection, updates: Sequence[tuple[RowUpdate, float]]
+    db: sqlite3.Connection, updates: Sequence[tuple[RowUpdate, float]], *, fenced: bool
 ) -> None:
-    """Write the updates of fired continuations, each only in the columns it may change.
+    """Write the updates of fired continuations, each only in the columns it may change;
+    with ``fenced``, only where the row is still at the update's revision, raising
+    ``_Changed`` if any is not.
 
     SQLite maintains every index that reads a column in the ``SET`` list (partial indexes
     included), whatever the values; the statement for a plain completion or a delivered
@@ -174,28 +179,37 @@ def _update_continuations(
     rows: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
     for update, now in updates:
         columns = update.columns or _UPDATABLE
-        rows.append((columns, (update.id, now, *[getattr(update, name) for name in columns])))
+        values = (update.id, now, update.revision, *[getattr(update, name) for name in columns])
+        rows.append((columns, values))
     if len({row[0] for _, row in rows}) != len(rows):
-        # A row updated twice: one statement would apply only one of them, at random.
+        if fenced:
+            # A row updated twice: the second update's revision is the one both turns read,
+            # which the first update moved on. The fence's own statement decides.
+            raise _Changed
+        # One statement would apply only one of them, at random.
         for columns, row in rows:
-            _execute_chunked(db, _update_statement(columns), [row])
+            _execute_chunked(db, _update_statement(columns, fenced=False), [row])
         return
     by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for columns, row in rows:
         by_columns.setdefault(columns, []).append(row)
     for columns, group in by_columns.items():
-        _execute_chunked(db, _update_statement(columns), group)
+        changed = _execute_chunked(db, _update_statement(columns, fenced=fenced), group)
+        if fenced and changed != len(group):
+            raise _Changed
 
 
 @functools.lru_cache(maxsize=16)
-def _update_statement(columns: tuple[str, ...]) -> str:
-    """The many-row update of ``columns``, from rows of (id, now, *values)."""
+def _update_statement(columns: tuple[str, ...], *, fenced: bool) -> str:
+    """The many-row update of ``columns``, from rows of (id, now, revision, *values); with
+    ``fenced``, of the rows still at that revision."""
     if not set(columns) <= set(_UPDATABLE):  # never from outside; but names go into SQL
         raise ValueError(f"not updatable columns: {sorted(set(columns) - set(_UPDATABLE))}")
-    sets = "".join(f" {name} = v.column{3 + i}," for i, name in enumerate(columns))
+    sets = "".join(f" {name} = v.column{4 + i}," for i, name in enumerate(columns))
+    fence = " AND continuations.revision = v.column3" if fenced else ""
     return (
         f"UPDATE continuations SET{sets} updated_at = v.column2, revision = revision + 1"
-        " FROM (VALUES {rows}) AS v WHERE continuations.id = v.column1"
+        f" FROM (VALUES {{rows}}) AS v WHERE continuations.id = v.column1{fence}"
     )
 
 
@@ -239,18 +253,44 @@ def _send_signal(db: sqlite3.Connection, signal: SignalSend, now: float) -> None
     )
 
 
+class _Changed(Exception):
+    """An update's row was not at the revision its turn read: the batch needs the fence."""
+
+
 def write_batch(db: sqlite3.Connection, commits: Sequence[Commit]) -> set[int]:
     """Apply ``commits`` in one ``BEGIN IMMEDIATE ... COMMIT``; return the indexes of those
-    refused by the revision fence (nothing of them is written)."""
-    db.execute("BEGIN IMMEDIATE")
+    refused by the revision fence (nothing of them is written).
+
+    The batch is first written as if none were refused, each update checking its row's
+    revision itself; only if one finds its row changed (rare: a cancellation or a retry
+    raced a firing) is it written again after the fence's query. That saves the query in
+    every other batch, and with it a wait for the GIL while the event loop is busy.
+    """
     try:
+        _in_transaction(db, lambda: _write(db, commits, fenced=True))
+    except _Changed:
+        pass
+    else:
+        return set()
+
+    def fenced_write() -> set[int]:
         refused = _fence(db, commits)
         _write(db, [c for i, c in enumerate(commits) if i not in refused])
+        return refused
+
+    return _in_transaction(db, fenced_write)
+
+
+def _in_transaction(db: sqlite3.Connection, work: Callable[[], R]) -> R:
+    """``work()`` in one ``BEGIN IMMEDIATE ... COMMIT``, rolled back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work()
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return refused
+    return result
 
 
 def purge_finished(db: sqlite3.Connection, cutoff: tuple[float, Sequence[str]]) -> int:
@@ -267,23 +307,23 @@ def purge_finished(db: sqlite3.Connection, cutoff: tuple[float, Sequence[str]]) 
     marks = ", ".join("?" * len(statuses))
     doomed = f"SELECT id FROM continuations WHERE status IN ({marks}) AND finished_at < ?"
     params = (*statuses, finished_before)
-    db.execute("BEGIN IMMEDIATE")
-    try:
+
+    def purge() -> int:
         db.execute(f"DELETE FROM audit WHERE cid IN ({doomed})", params)
         db.execute("DELETE FROM call_results WHERE at < ?", (finished_before,))
-        deleted = db.execute(f"DELETE FROM continuations WHERE id IN ({doomed})", params).rowcount
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return deleted
+        return db.execute(f"DELETE FROM continuations WHERE id IN ({doomed})", params).rowcount
+
+    return _in_transaction(db, purge)
 
 
 def _execute_chunked(
     db: sqlite3.Connection, template: str, rows: Sequence[tuple[Any, ...]], row: str = ""
-) -> None:
+) -> int:
+    """Run ``template`` over ``rows`` (see ``_chunked``); return how many rows it changed."""
+    changed = 0
     for sql, params in _chunked(db, template, rows, row):
-        db.execute(sql, params)
+        changed += db.execute(sql, params).rowcount
+    return changed
 
 
 def _chunked(

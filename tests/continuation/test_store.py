@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,7 +25,11 @@ from continuation import (
     SchemaVersionError,
     StoreError,
 )
+from continuation._outcomes import completed
+from continuation._store.base import Commit, NewContinuation, Refusal
+from continuation._store.connect import on_writer_thread
 from continuation._store.migrations import LATEST_VERSION, MIGRATIONS
+from continuation._store.sqlite import SQLiteStore
 from operation_chain import Codec, chain_of
 from rpc._host import DownstreamMessage
 
@@ -160,6 +165,48 @@ async def test_a_firing_changed_by_another_process_is_not_committed(
         assert (await system.continuation(cid)).status == ContinuationStatus.CANCELLED
         assert await system.get(Notifier, "n").storage.get("fired") is None
         assert received == []
+
+
+async def test_the_fence_query_runs_only_for_a_batch_with_a_changed_row(
+    sqlite_path: str,
+) -> None:
+    # A batch is written first as if nothing changed, each update checking its own row's
+    # revision; only a batch where one did not match is written again after the query.
+    store = SQLiteStore(sqlite_path, durability="normal")
+    await store.open()
+    statements: list[str] = []
+    try:
+        assert store._db is not None
+        await on_writer_thread(
+            store._db, lambda db, _: db.set_trace_callback(statements.append), None
+        )
+        now = 1_000.0
+        first = NewContinuation("c1", "A", "a", "alarm", b"chain", None, "f()", None, "{}", None,
+                                now, None, None, "1")  # fmt: skip
+        second = replace(first, id="c2")
+        assert await store.apply([Commit("A", "a", now, new=[first, second])]) == {}
+        c1, c2 = await store.get("c1"), await store.get("c2")
+        assert c1 is not None
+        assert c2 is not None
+        fence = "LEFT JOIN continuations"
+        statements.clear()
+        assert await store.apply([Commit("A", "a", now, update=completed(c1, now))]) == {}
+        assert not [s for s in statements if fence in s]
+        assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "COMMIT"]
+        statements.clear()
+        stale = replace(completed(c2, now), revision=c2.revision + 1)
+        assert await store.apply([Commit("A", "a", now, update=stale)]) == {0: Refusal.CHANGED}
+        assert [s for s in statements if fence in s]
+        assert [s.split()[0] for s in statements].count("ROLLBACK") == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(sqlite_path) as db:
+        assert db.execute(
+            "SELECT id, status, revision FROM continuations ORDER BY id"
+        ).fetchall() == [
+            ("c1", "completed", 1),
+            ("c2", "pending", 0),
+        ]
 
 
 async def test_downstream_leaves_after_commit_only(open_system: OpenSystem) -> None:

@@ -286,6 +286,22 @@ async def test_a_refused_standalone_turn_does_not_refuse_later_turns(store: Stor
     assert await store.load_state("A", "a") == {"k": b"1"}
 
 
+async def test_a_stale_update_among_many_of_the_same_kind_is_refused_alone(store: Store) -> None:
+    # Updates of the same columns go to the store together; a store may write them first
+    # and check afterwards, so the one stale update must still take nothing else with it.
+    await store.apply([turn(instance=f"i{n}", new=[new(f"c{n:04}", instance=f"i{n}")])
+                       for n in range(40)])  # fmt: skip
+    rows = await all_rows(store, 40)
+    updates = [completed(row, T0 + 1) for row in rows]
+    updates[17] = replace(updates[17], revision=updates[17].revision + 1)
+    commits = [turn(T0 + 1, instance=f"i{n}", update=u, writes={"k": b"v"})
+               for n, u in enumerate(updates)]  # fmt: skip
+    assert await store.apply(commits) == {17: Refusal.CHANGED}
+    for n, row in enumerate(await all_rows(store, 40)):
+        expected = ("pending", 0, {}) if n == 17 else ("completed", 1, {"k": b"v"})
+        assert (row.status, row.revision, await store.load_state("A", f"i{n}")) == expected
+
+
 async def test_an_update_of_a_row_that_is_gone_is_refused(store: Store) -> None:
     await store.apply([turn(new=[new("c1")])])
     ghost = change(await row_of(store, "c1"), id="ghost")
