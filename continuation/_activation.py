@@ -89,8 +89,7 @@ class Activations:
             tail = self.tail(*key)
             if tail is not None:
                 await asyncio.wait([tail])
-            slot.state = await self._store.load_state(*key)
-            slot.keys = await self._store.load_keys(*key)
+            slot.state, slot.keys = await self._store.load_actor(*key)
             slot.loaded = True
         if slot.actor is None:
             token = ACTIVATING.set(slot)

@@ -70,6 +70,11 @@ class HostedStore:
     async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
         return await self.store.load_keys(binding, instance)
 
+    async def load_actor(
+        self, binding: str, instance: str
+    ) -> tuple[dict[str, bytes], dict[str, str]]:
+        return await self.store.load_actor(binding, instance)
+
     async def fetch_due(
         self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
     ) -> list[ContinuationRow]:

@@ -249,6 +249,24 @@ class PostgresStore:
         )
         return {row[0]: row[1] for row in await self._fetch(sql, binding, instance)}
 
+    async def load_actor(
+        self, binding: str, instance: str
+    ) -> tuple[dict[str, bytes], dict[str, str]]:
+        sql = (
+            "SELECT key, value, NULL::text FROM actor_state WHERE binding = $1 AND instance = $2"
+            " UNION ALL SELECT key, NULL::bytea, id FROM continuations WHERE binding = $1"
+            " AND instance = $2 AND status = 'pending' AND NOT cancel_requested"
+            " AND key IS NOT NULL"
+        )
+        state: dict[str, bytes] = {}
+        keys: dict[str, str] = {}
+        for key, value, cid in await self._fetch(sql, binding, instance):
+            if cid is None:
+                state[key] = value
+            else:
+                keys[key] = cid
+        return state, keys
+
     async def fetch_due(
         self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
     ) -> list[ContinuationRow]:

@@ -121,6 +121,24 @@ class SQLiteStore:
             refused = await on_writer_thread(db, write_batch, commits)
         return dict.fromkeys(refused, Refusal.CHANGED)
 
+    async def load_actor(
+        self, binding: str, instance: str
+    ) -> tuple[dict[str, bytes], dict[str, str]]:
+        sql = (
+            "SELECT key, value, NULL FROM actor_state WHERE binding = ?1 AND instance = ?2"
+            " UNION ALL SELECT key, NULL, id FROM continuations WHERE binding = ?1"
+            " AND instance = ?2 AND status = 'pending' AND cancel_requested = 0"
+            " AND key IS NOT NULL"
+        )
+        state: dict[str, bytes] = {}
+        keys: dict[str, str] = {}
+        for key, value, cid in await self._read(sql, (binding, instance)):
+            if cid is None:
+                state[key] = bytes(value)
+            else:
+                keys[key] = cid
+        return state, keys
+
     async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
         sql = "SELECT key, value FROM actor_state WHERE binding = ? AND instance = ?"
         return {row[0]: bytes(row[1]) for row in await self._read(sql, (binding, instance))}

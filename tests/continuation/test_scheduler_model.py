@@ -104,6 +104,11 @@ class KillableStore:
     async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
         return await self._live().load_keys(binding, instance)
 
+    async def load_actor(
+        self, binding: str, instance: str
+    ) -> tuple[dict[str, bytes], dict[str, str]]:
+        return await self._live().load_actor(binding, instance)
+
     async def fetch_due(
         self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
     ) -> list[ContinuationRow]:

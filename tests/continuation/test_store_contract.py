@@ -138,6 +138,26 @@ async def test_an_update_frees_a_key_that_a_new_continuation_takes_in_the_same_b
     assert await store.load_keys("A", "a") == {"k": "c2"}
 
 
+async def test_load_actor_reads_one_actors_state_and_pending_keys_together(store: Store) -> None:
+    # A key of the state and a dedup key may share a name; neither hides the other.
+    await store.apply(
+        [
+            turn(writes={"k": b"v", "blob": bytes(range(256))},
+                 new=[new("c1", key="k"), new("c2", key="done"), new("c3")]),
+            turn(instance="b", writes={"k": b"other"}, new=[new("b1", instance="b", key="k")]),
+        ]
+    )  # fmt: skip
+    c2 = await row_of(store, "c2")
+    finished = change(c2, status="completed", due_at=None, finished_at=T0 + 1)
+    assert await store.apply([turn(T0 + 1, update=finished)]) == {}
+    state, keys = await store.load_actor("A", "a")
+    assert state == {"k": b"v", "blob": bytes(range(256))}
+    assert keys == {"k": "c1"}
+    assert (state, keys) == (await store.load_state("A", "a"), await store.load_keys("A", "a"))
+    assert await store.load_actor("A", "b") == ({"k": b"other"}, {"k": "b1"})
+    assert await store.load_actor("A", "nobody") == ({}, {})
+
+
 async def test_a_call_result_is_stored_and_the_last_one_of_a_key_wins(store: Store) -> None:
     await store.apply([turn(call_result=("key", b"first"))])
     await store.apply(
