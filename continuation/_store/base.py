@@ -7,7 +7,7 @@ while keeping each turn all-or-nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -186,6 +186,40 @@ class AuditRow:
     at: float
     event: str
     detail: str | None
+
+
+def refused_turns(
+    commits: Sequence[Commit],
+    revisions: Mapping[str, int],
+    refused: Mapping[int, Refusal] | None = None,
+) -> dict[int, Refusal]:
+    """The turns of a batch to refuse (by index): those already ``refused`` (a lost lease,
+    say), those whose update was not computed from its row's revision as the turns before
+    it in the batch leave it, and every later turn of a refused turn's actor, which ran on
+    its effects, unless the refused one is ``standalone``.
+
+    ``revisions`` holds each updated row's revision in the database (none: the row is
+    gone). Two updates of one row may follow each other in a batch, the second computed
+    from the revision the first makes: a same-system remote call's handler is fired behind
+    the target's turn that delivered its outcome, and commits only if that turn does.
+    """
+    result = dict(refused or {})
+    current = dict(revisions)
+    actors: dict[tuple[str, str], Refusal] = {}
+    for index, commit in enumerate(commits):
+        actor = (commit.binding, commit.instance)
+        reason = result.get(index) or actors.get(actor)
+        update = commit.update
+        if reason is None and update is not None:
+            if current.get(update.id) == update.revision:
+                current[update.id] = update.revision + 1
+            else:
+                reason = Refusal.CHANGED
+        if reason is not None:
+            result[index] = reason
+            if not commit.standalone:
+                actors.setdefault(actor, reason)
+    return result
 
 
 class Store(Protocol):

@@ -22,7 +22,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._errors import StoreError
-from .base import AuditRow, Commit, ContinuationRow, Lease, Refusal
+from .base import AuditRow, Commit, ContinuationRow, Lease, Refusal, refused_turns
 from .postgres_migrations import Connection, migrate
 from .postgres_write import write
 from .sqlite import Durability
@@ -369,28 +369,15 @@ class PostgresStore:
 
 async def _fence(connection: Connection, commits: Sequence[Commit]) -> dict[int, Refusal]:
     """The turns to refuse: one run under a lease it no longer holds, one whose fired
-    continuation changed since it was read, and the later turns of their actors."""
+    continuation changed since it was read, and the later turns of their actors (see
+    ``refused_turns``)."""
     refused = await _lease_fence(connection, commits)
-    expected = {c.update.id: i for i, c in enumerate(commits) if c.update is not None}
-    if expected:
-        rows = await connection.fetch(_REVISIONS, list(expected))
+    ids = list({c.update.id for c in commits if c.update is not None})
+    revisions: dict[str, int] = {}
+    if ids:
+        rows = await connection.fetch(_REVISIONS, ids)
         revisions = {row["id"]: row["revision"] for row in rows}
-        for cid, index in expected.items():
-            update = commits[index].update
-            assert update is not None
-            if index not in refused and revisions.get(cid) != update.revision:
-                refused[index] = Refusal.CHANGED
-    if refused:
-        # Later turns of a refused turn's actor ran on its effects: refuse them too.
-        actors: dict[tuple[str, str], Refusal] = {}
-        for index, commit in enumerate(commits):
-            actor = (commit.binding, commit.instance)
-            if index in refused:
-                if not commit.standalone:
-                    actors.setdefault(actor, refused[index])
-            elif actor in actors:
-                refused[index] = actors[actor]
-    return refused
+    return refused_turns(commits, revisions, refused)
 
 
 async def _lease_fence(connection: Connection, commits: Sequence[Commit]) -> dict[int, Refusal]:

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
-from .base import Commit, RowUpdate, SignalSend
+from .base import Commit, RowUpdate, SignalSend, refused_turns
 
 R = TypeVar("R")
 
@@ -26,7 +26,7 @@ _INSERT_CONTINUATION: Final = (
 _INSERT_CONTINUATION_ROW: Final = "(?, ?, ?, ?, 'pending', " + ", ".join("?" * 16) + ")"
 # The columns a fired continuation's update may set (see RowUpdate.columns), in the order
 # of its full update.
-_UPDATABLE: Final = (
+_UPDATABLE: Final[tuple[str, ...]] = (
     "status", "due_at", "scheduled_at", "attempts", "last_error", "last_traceback",
     "finished_at", "cancel_requested", "phase", "outcome",
 )  # fmt: skip
@@ -49,7 +49,7 @@ _CANCEL_STATEMENTS: Final = (
     f" updated_at = ?, revision = revision + 1 WHERE {_OWN_PENDING} AND error_chain IS NULL",
 )
 _FENCE: Final = (
-    "SELECT v.column1 FROM (VALUES {rows}) AS v LEFT JOIN continuations AS c"
+    "SELECT v.column1, c.revision FROM (VALUES {rows}) AS v LEFT JOIN continuations AS c"
     " ON c.id = v.column1 WHERE c.revision IS NOT v.column2"
 )
 _PUT_STATE: Final = (
@@ -64,30 +64,22 @@ _MAX_ROWS: Final = 1024
 
 
 def _fence(db: sqlite3.Connection, commits: Sequence[Commit]) -> set[int]:
-    """Indexes of the commits to refuse: an update whose row changed since it was read,
-    and the later turns of its actor, which ran on its effects."""
-    expected = {
-        c.update.id: (i, c.update.revision) for i, c in enumerate(commits) if c.update is not None
-    }
-    if not expected:
+    """Indexes of the commits to refuse (see ``refused_turns``)."""
+    first: dict[str, int] = {}  # the revision each row's first update was computed from
+    for commit in commits:
+        if commit.update is not None:
+            first.setdefault(commit.update.id, commit.update.revision)
+    if not first:
         return set()
-    # Only the ids whose revision differs come back (see _chunked on why that matters).
-    pairs = [(cid, revision) for cid, (_, revision) in expected.items()]
-    changed: set[str] = set()
-    for sql, params in _chunked(db, _FENCE, pairs):
-        changed.update(row[0] for row in db.execute(sql, params))
-    refused = {expected[cid][0] for cid in changed}
-    if refused:
-        # Later turns of a refused turn's actor ran on its effects: refuse them too.
-        actors = set()
-        for index, commit in enumerate(commits):
-            actor = (commit.binding, commit.instance)
-            if index in refused:
-                if not commit.standalone:
-                    actors.add(actor)
-            elif actor in actors:
-                refused.add(index)
-    return refused
+    # Only the rows at another revision (or gone) come back (see _chunked on why).
+    revisions = dict(first)
+    for sql, params in _chunked(db, _FENCE, list(first.items())):
+        for cid, revision in db.execute(sql, params):
+            if revision is None:
+                del revisions[cid]
+            else:
+                revisions[cid] = revision
+    return set(refused_turns(commits, revisions))
 
 
 def _write(db: sqlite3.Connection, commits: Sequence[Commit], *, fenced: bool = False) -> None:
@@ -175,40 +167,47 @@ def _update_continuations(
     SQLite maintains every index that reads a column in the ``SET`` list (partial indexes
     included), whatever the values; the statement for a plain completion or a delivered
     outcome sets its few columns and so costs about two thirds of the one that sets all.
+    Updates that follow each other on one row (a delivered outcome, then the handler's
+    completion computed from it) are written as one: a many-row statement updates each row
+    once.
     """
-    rows: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
+    merged: dict[str, tuple[int, int, RowUpdate, float, tuple[str, ...] | None]] = {}
     for update, now in updates:
-        columns = update.columns or _UPDATABLE
-        values = (update.id, now, update.revision, *[getattr(update, name) for name in columns])
-        rows.append((columns, values))
-    if len({row[0] for _, row in rows}) != len(rows):
-        if fenced:
-            # A row updated twice: the second update's revision is the one both turns read,
-            # which the first update moved on. The fence's own statement decides.
+        earlier = merged.get(update.id)
+        if earlier is None:
+            merged[update.id] = (update.revision, 1, update, now, update.columns)
+            continue
+        revision, count, _, _, columns = earlier
+        if update.revision != revision + count:
+            # Computed from the same revision as an earlier update of the batch: not both
+            # can commit. Only after the fence (which refuses one) can this not happen.
             raise _Changed
-        # One statement would apply only one of them, at random.
-        for columns, row in rows:
-            _execute_chunked(db, _update_statement(columns, fenced=False), [row])
-        return
+        both = None if columns is None or update.columns is None else (*columns, *update.columns)
+        merged[update.id] = (revision, count + 1, update, now, both)
     by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for columns, row in rows:
-        by_columns.setdefault(columns, []).append(row)
-    for columns, group in by_columns.items():
-        changed = _execute_chunked(db, _update_statement(columns, fenced=fenced), group)
+    for revision, count, update, now, columns in merged.values():
+        # Every update holds the row's whole new state; ``columns`` is what may differ.
+        names = _UPDATABLE if columns is None else tuple(n for n in _UPDATABLE if n in columns)
+        values = (update.id, now, revision, count, *[getattr(update, name) for name in names])
+        by_columns.setdefault(names, []).append(values)
+    for names, group in by_columns.items():
+        changed = _execute_chunked(db, _update_statement(names, fenced=fenced), group)
         if fenced and changed != len(group):
             raise _Changed
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=32)
 def _update_statement(columns: tuple[str, ...], *, fenced: bool) -> str:
-    """The many-row update of ``columns``, from rows of (id, now, revision, *values); with
-    ``fenced``, of the rows still at that revision."""
+    """The many-row update of ``columns``, from rows of (id, now, revision, updates,
+    *values): ``updates`` is how many updates the row's values sum up; with ``fenced``,
+    only rows still at ``revision`` are updated."""
     if not set(columns) <= set(_UPDATABLE):  # never from outside; but names go into SQL
         raise ValueError(f"not updatable columns: {sorted(set(columns) - set(_UPDATABLE))}")
-    sets = "".join(f" {name} = v.column{4 + i}," for i, name in enumerate(columns))
+    sets = "".join(f" {name} = v.column{5 + i}," for i, name in enumerate(columns))
     fence = " AND continuations.revision = v.column3" if fenced else ""
     return (
-        f"UPDATE continuations SET{sets} updated_at = v.column2, revision = revision + 1"
+        f"UPDATE continuations SET{sets} updated_at = v.column2,"
+        " revision = continuations.revision + v.column4"
         f" FROM (VALUES {{rows}}) AS v WHERE continuations.id = v.column1{fence}"
     )
 

@@ -381,14 +381,55 @@ async def test_a_batch_of_over_a_thousand_turns_writes_every_row_exactly(store: 
         assert await store.load_state("A", f"i{n}") == expected
 
 
-async def test_two_updates_of_one_row_in_a_batch_apply_in_order(store: Store) -> None:
+async def test_updates_of_one_row_that_follow_each_other_in_a_batch_apply_in_order(
+    store: Store,
+) -> None:
+    # A remote call's delivered outcome, then the handler's completion computed from the
+    # revision the delivery makes, in one batch: both apply, in order.
+    await store.apply([turn(new=[new("c1", strategy="remote-call", phase="waiting", work=b"w")])])
+    row = await row_of(store, "c1")
+    ready = delivered(row, T0 + 1, b'["ok",2]', "remote-call result received")
+    after = replace(row, revision=row.revision + 1, phase="ready", outcome=ready.outcome,
+                    due_at=ready.due_at)  # fmt: skip
+    done = completed(after, T0 + 1)
+    commits = [turn(T0 + 1, instance="b", update=ready, standalone=True),
+               turn(T0 + 1, update=done, writes={"k": b"v"})]  # fmt: skip
+    assert await store.apply(commits) == {}
+    row = await row_of(store, "c1")
+    assert (row.status, row.phase, row.outcome, row.attempts, row.revision) == (
+        "completed", "ready", b'["ok",2]', 1, 2,
+    )  # fmt: skip
+    assert await events_of(store, "c1") == [("remote-call result received", None)]
+    assert await store.load_state("A", "a") == {"k": b"v"}
+
+
+async def test_an_update_behind_a_refused_one_of_its_row_is_refused_too(store: Store) -> None:
+    # The handler's commit rests on the delivery before it: without that, it must not
+    # apply, even though the revision it expects is the row's next.
+    await store.apply([turn(new=[new("c1", strategy="remote-call", phase="waiting", work=b"w")])])
+    row = await row_of(store, "c1")
+    stale = replace(delivered(row, T0 + 1, b'["ok",2]', "late"), revision=row.revision - 1)
+    after = replace(row, revision=row.revision + 1, phase="ready", outcome=stale.outcome)
+    commits = [turn(T0 + 1, instance="b", update=stale, standalone=True),
+               turn(T0 + 1, update=completed(after, T0 + 1), writes={"k": b"v"})]  # fmt: skip
+    assert await store.apply(commits) == {0: Refusal.CHANGED, 1: Refusal.CHANGED}
+    assert (await row_of(store, "c1")).revision == 0
+    assert await store.load_state("A", "a") == {}
+
+
+async def test_two_updates_of_one_row_from_the_same_revision_commit_only_the_first(
+    store: Store,
+) -> None:
+    # A firing and a cancellation computed from one read: the second would overwrite the
+    # first without seeing it.
     await store.apply([turn(new=[new("c1")])])
     row = await row_of(store, "c1")
     first = change(row, attempts=1, last_error="first")
     second = change(row, attempts=2, last_error="second")
-    assert await store.apply([turn(update=first), turn(update=second, standalone=True)]) == {}
+    refused = await store.apply([turn(update=first), turn(update=second, standalone=True)])
+    assert refused == {1: Refusal.CHANGED}
     row = await row_of(store, "c1")
-    assert (row.attempts, row.last_error, row.revision) == (2, "second", 2)
+    assert (row.attempts, row.last_error, row.revision) == (1, "first", 1)
 
 
 async def test_narrow_and_full_updates_in_one_batch_leave_each_row_as_its_update_says(
