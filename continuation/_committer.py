@@ -29,6 +29,7 @@ class PendingCommit:
     slot: ActorSlot | None
     future: asyncio.Future[None]
     downstream: Sequence[DownstreamMessage] = ()
+    after: asyncio.Future[None] | None = None  # the commit of an earlier turn it rests on
 
 
 class Committer:
@@ -70,12 +71,15 @@ class Committer:
         commit: Commit,
         slot: ActorSlot | None,
         downstream: Sequence[DownstreamMessage] | None = None,
+        *,
+        after: asyncio.Future[None] | None = None,
     ) -> asyncio.Future[None]:
-        """Queue one turn's commit; the future resolves once it is durable."""
+        """Queue one turn's commit; the future resolves once it is durable. With ``after``
+        (the future of a commit submitted earlier), it commits only if that one does."""
         if self._closing:
             raise SystemClosedError("the actor system is closing; no more turns can commit")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.append(PendingCommit(commit, slot, future, downstream or ()))
+        self._queue.append(PendingCommit(commit, slot, future, downstream or (), after))
         self._ready.set()
         return future
 
@@ -102,15 +106,28 @@ class Committer:
                 return
 
     async def _apply(self, batch: list[PendingCommit]) -> None:
-        live = []
+        live: list[PendingCommit] = []
+        positions: dict[asyncio.Future[None], int] = {}  # in live, for the turns resting on one
         for pending in batch:
             if pending.slot is not None and pending.slot.lost:
                 self._fail(pending, CommitError(
                     "an earlier turn of this actor could not commit, so this turn ran on state"
                     " that never became durable; nothing of it was applied"
                 ))  # fmt: skip
-            else:
-                live.append(pending)
+                continue
+            after, rests_on = pending.after, None
+            if after is not None:
+                if not after.done():  # submitted earlier, not settled: so in this batch
+                    rests_on = positions.get(after)
+                if rests_on is None and not _succeeded(after):
+                    self._fail(pending, CommitError(
+                        "the commit this turn rests on (the delivery of the outcome it"
+                        " received) was not applied, so neither is this turn"
+                    ))  # fmt: skip
+                    continue
+            pending.commit.rests_on = rests_on
+            positions[pending.future] = len(live)
+            live.append(pending)
         if not live:
             return
         try:
@@ -158,6 +175,10 @@ def _commit_error(exc: Exception) -> CommitError:
     error.__cause__ = exc
     logger.error("commit failed: %s", cause)
     return error
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _consume(future: asyncio.Future[None]) -> None:

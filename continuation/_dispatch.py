@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -23,7 +23,7 @@ from ._committer import Committer
 from ._errors import CommitError
 from ._fetch import FetchDispatcher, FetchError, FetchRequest
 from ._options import RetryPolicy
-from ._outcomes import delivered
+from ._outcomes import after_delivery, delivered
 from ._remote import Remotes
 from ._store.base import Commit, ContinuationRow, NewContinuation, RowUpdate, Store
 from ._turn import Runtime
@@ -52,6 +52,19 @@ another; the update that stores a call's outcome for its caller commits in that 
 transaction (or alone, when the call raised or ran on another host sharing the database).
 Returns each call's commit once its turn has run (``None``: nothing to wait for); one that
 could not commit fails with ``CommitError``."""
+
+
+class DeliveryFiring(Protocol):
+    """Fires a same-system call's handler behind the turn that delivers its outcome (the
+    scheduler), so the handler does not wait for the delivery to be durable and read back."""
+
+    def claim(self, cid: str) -> bool: ...
+
+    def fire_claimed(
+        self, deliveries: list[tuple[ContinuationRow, asyncio.Future[None]]]
+    ) -> None: ...
+
+    def release(self, cid: str) -> None: ...
 
 
 class Job(NamedTuple):
@@ -139,6 +152,9 @@ class Dispatcher:
         remotes: sends remote calls to actors of other hosts.
         fetcher: makes the proxy-fetch dispatcher (and its HTTP client) on the first
             fetch, so a system that never fetches never builds one.
+        firing: fires the handlers of calls to this system's actors behind their
+            deliveries; ``None`` leaves them to the scheduler's reads (on the manual clock,
+            or with hosts sharing the database, which fire what they claimed).
     """
 
     def __init__(
@@ -150,8 +166,10 @@ class Dispatcher:
         local_calls: LocalCalls,
         remotes: Remotes,
         fetcher: Callable[[], FetchDispatcher],
+        firing: DeliveryFiring | None = None,
     ) -> None:
         self._store = store
+        self._firing = firing
         self._committer = committer
         self._runtime = runtime
         self._local_calls = local_calls
@@ -245,6 +263,11 @@ class Dispatcher:
         unsettled = {job.id for job, _, _ in batch}
         calls: list[tuple[Job, RemoteCall, int]] = []
         items: list[LocalCall] = []
+        # The deliveries whose handler fires from memory once its call's turn is submitted.
+        claimed: dict[str, tuple[ContinuationRow, RowUpdate]] | None = (
+            None if self._firing is None else {}
+        )
+        futures: list[asyncio.Future[None] | None] = []
         try:
             for job, work, attempt in batch:
                 row = await self._waiting_row(job)
@@ -253,7 +276,7 @@ class Dispatcher:
                     self._finished(job.id)
                 else:
                     calls.append((job, work, attempt))
-                    items.append((work, self._updater(row, job), job.id))
+                    items.append((work, self._updater(row, job, claimed), job.id))
             futures = await self._local_calls(items) if items else []
         except BaseException as exc:
             for cid in unsettled:
@@ -265,12 +288,35 @@ class Dispatcher:
             if isinstance(exc, Exception):
                 return
             raise
+        finally:
+            if claimed:
+                self._fire_delivered(calls, futures, claimed)
         # The committer settles in submission order: once the last is done, all are.
         last = next((f for f in reversed(futures) if f is not None), None)
         if last is None:
             self._settle_calls(calls, futures)
         else:
             last.add_done_callback(lambda _: self._settle_calls(calls, futures))
+
+    def _fire_delivered(
+        self,
+        calls: list[tuple[Job, RemoteCall, int]],
+        futures: list[asyncio.Future[None] | None],
+        claimed: dict[str, tuple[ContinuationRow, RowUpdate]],
+    ) -> None:
+        """Fire the handlers of the calls whose delivery was submitted; give back the rest."""
+        assert self._firing is not None
+        ready = []
+        for (job, _, _), future in zip(calls, futures, strict=False):
+            delivery = claimed.pop(job.id, None)
+            if delivery is not None and future is not None:
+                ready.append((after_delivery(*delivery), future))
+            elif delivery is not None:
+                self._firing.release(job.id)
+        for cid in claimed:  # an update made, but its turn never submitted
+            self._firing.release(cid)
+        if ready:
+            self._firing.fire_claimed(ready)
 
     def _settle_calls(
         self,
@@ -402,13 +448,23 @@ class Dispatcher:
         except CommitError:
             await self._note_late(job, "the continuation changed while the outcome was stored")
 
-    def _updater(self, row: ContinuationRow, job: Job) -> Callable[[Outcome], RowUpdate]:
+    def _updater(
+        self,
+        row: ContinuationRow,
+        job: Job,
+        claimed: dict[str, tuple[ContinuationRow, RowUpdate]] | None = None,
+    ) -> Callable[[Outcome], RowUpdate]:
+        """What stores an outcome for ``row``; with ``claimed``, the update is also kept
+        there if the scheduler lets its handler fire from memory."""
         codec = self._runtime.codec
 
         def outcome_of(outcome: Outcome) -> RowUpdate:
             event = "result received" if outcome[0] == "ok" else "error received"
             now = self._runtime.clock.now()
-            return delivered(row, now, encode_outcome(codec, outcome), f"{job.strategy} {event}")
+            update = delivered(row, now, encode_outcome(codec, outcome), f"{job.strategy} {event}")
+            if claimed is not None and self._firing is not None and self._firing.claim(job.id):
+                claimed[job.id] = (row, update)
+            return update
 
         return outcome_of
 

@@ -77,6 +77,9 @@ class Scheduler:
         self._settled: list[str] = []
         self.in_flight: set[str] = set()
         self.revoked: set[str] = set()
+        # The delivery each row fired from memory rests on (see fire_claimed).
+        self._behind: dict[str, asyncio.Future[None]] = {}
+        self._claimed: list[ContinuationRow] = []  # to fire from memory, in this loop round
 
     def notice(self, due: float) -> None:
         """Something is now due at ``due``: wake the loop if that is sooner than it waits for."""
@@ -133,15 +136,48 @@ class Scheduler:
         if not self._reading:
             self._settled.clear()
         rows = [row for row in rows if row.id not in self.in_flight and row.id not in settled]
+        self.in_flight.update(row.id for row in rows)
+        self._start(rows)
+        return len(rows)
+
+    def claim(self, cid: str) -> bool:
+        """Take a continuation whose outcome is being delivered in this process, to fire it
+        from memory (``fire_claimed``) instead of reading it back once the delivery is
+        durable; False if it is already firing."""
+        if cid in self.in_flight:
+            return False
+        self.in_flight.add(cid)
+        return True
+
+    def fire_claimed(self, deliveries: list[tuple[ContinuationRow, asyncio.Future[None]]]) -> None:
+        """Fire claimed rows, each as its outcome's delivery leaves it, while that delivery
+        (the future) is still committing: the firing commits behind the delivery, and not at
+        all if the delivery does not (the row then fires, or its work goes out, again)."""
+        # Gathered until the loop's next round: the calls to a hundred actors deliver to
+        # the same few callers, whose firings then run as one task per caller.
+        if not self._claimed:
+            asyncio.get_running_loop().call_soon(self._fire_gathered)
+        for row, delivery in deliveries:
+            self._behind[row.id] = delivery
+            self._claimed.append(row)
+
+    def _fire_gathered(self) -> None:
+        rows, self._claimed = self._claimed, []
+        self._start(rows)
+
+    def release(self, cid: str) -> None:
+        """Give back a claim whose delivery was not submitted: the row fires as usual."""
+        self._settle([cid])
+
+    def _start(self, rows: list[ContinuationRow]) -> None:
+        """Fire ``rows`` (already in flight), one task per actor, in their order."""
         by_actor: dict[tuple[str, str], list[ContinuationRow]] = {}
         for row in rows:
-            self.in_flight.add(row.id)
             by_actor.setdefault((row.binding, row.instance), []).append(row)
         for group in by_actor.values():
             task = asyncio.get_running_loop().create_task(self._fire_group(group))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
-        return len(rows)
 
     async def drain(self) -> int:
         """Fire everything due now, including what those handlers make due now, and wait
@@ -167,7 +203,9 @@ class Scheduler:
             self._escaped.append(escaped)
 
     async def close(self) -> None:
-        """Let the firings already started finish and commit."""
+        """Let the firings already started (or claimed) finish and commit."""
+        if self._claimed:
+            self._fire_gathered()
         if self._tasks:
             await asyncio.wait(set(self._tasks))
 
@@ -194,12 +232,17 @@ class Scheduler:
                 # one settled means all did; waiting for each would cost a callback apiece.
                 await asyncio.wait((futures[-1],))
         finally:
-            for row in rows:
-                self.in_flight.discard(row.id)
-                self.revoked.discard(row.id)  # moot once this firing is over
-                if self._reading:
-                    self._settled.append(row.id)
-            self._wake.set()
+            self._settle([row.id for row in rows])
+
+    def _settle(self, ids: list[str]) -> None:
+        """These firings are over: what is due of them fires again from the store."""
+        for cid in ids:
+            self.in_flight.discard(cid)
+            self.revoked.discard(cid)  # moot once this firing is over
+            self._behind.pop(cid, None)
+            if self._reading:
+                self._settled.append(cid)
+        self._wake.set()
 
     async def _fire(self, slot: ActorSlot, row: ContinuationRow) -> asyncio.Future[None] | None:
         if row.id in self.revoked:
@@ -213,7 +256,9 @@ class Scheduler:
             return None  # another host took the actor since the row was claimed: it fires it
         if row.key is not None and slot.keys.get(row.key) == row.id and _frees_key(commit):
             del slot.keys[row.key]
-        return self._committer.submit(commit, slot, downstream)
+        return self._committer.submit(
+            commit, slot, downstream, after=self._behind.pop(row.id, None)
+        )
 
     async def _turn(
         self, slot: ActorSlot, row: ContinuationRow, now: float

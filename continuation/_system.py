@@ -238,6 +238,11 @@ class ActorSystem:
             local_calls=self._calls_for,
             remotes=self._remotes,
             fetcher=lambda: FetchDispatcher(**self._fetch_options),  # type: ignore[arg-type]
+            # On the manual clock nothing fires until advanced; hosts sharing the database
+            # fire only the rows they claimed from it.
+            firing=None
+            if isinstance(self._clock, ManualClock) or self._leases is not None
+            else self._scheduler,
         )
         self._state = "running"
         if self._classes:  # a system with no actors sends no work

@@ -160,6 +160,9 @@ class Commit:
         call_result: ``(idempotency key, encoded outcome)`` of the call this turn answered.
         lease: the lease the turn ran under; ``None`` for a commit that needs none (a single
             host, or one that only changes continuation rows, fenced by their revisions).
+        rests_on: the index, in the batch being applied, of an earlier commit this one
+            builds on (a handler fired behind the delivery of its outcome): refused if that
+            one is. Set by the committer for each batch.
     """
 
     binding: str
@@ -177,6 +180,7 @@ class Commit:
     standalone: bool = False
     call_result: tuple[str, bytes] | None = None
     lease: Lease | None = None
+    rests_on: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,13 +199,14 @@ def refused_turns(
 ) -> dict[int, Refusal]:
     """The turns of a batch to refuse (by index): those already ``refused`` (a lost lease,
     say), those whose update was not computed from its row's revision as the turns before
-    it in the batch leave it, and every later turn of a refused turn's actor, which ran on
-    its effects, unless the refused one is ``standalone``.
+    it in the batch leave it, those resting on a refused one, and every later turn of a
+    refused turn's actor, which ran on its effects, unless the refused one is
+    ``standalone``.
 
     ``revisions`` holds each updated row's revision in the database (none: the row is
     gone). Two updates of one row may follow each other in a batch, the second computed
     from the revision the first makes: a same-system remote call's handler is fired behind
-    the target's turn that delivered its outcome, and commits only if that turn does.
+    the target's turn that delivered its outcome, and rests on it.
     """
     result = dict(refused or {})
     current = dict(revisions)
@@ -209,6 +214,8 @@ def refused_turns(
     for index, commit in enumerate(commits):
         actor = (commit.binding, commit.instance)
         reason = result.get(index) or actors.get(actor)
+        if reason is None and commit.rests_on is not None:
+            reason = result.get(commit.rests_on)
         update = commit.update
         if reason is None and update is not None:
             if current.get(update.id) == update.revision:

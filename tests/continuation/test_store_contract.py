@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from continuation._options import RetryPolicy
-from continuation._outcomes import completed, delivered, failed
+from continuation._outcomes import after_delivery, completed, delivered, failed
 from continuation._store.base import (
     Commit,
     ContinuationRow,
@@ -414,6 +414,25 @@ async def test_an_update_behind_a_refused_one_of_its_row_is_refused_too(store: S
                turn(T0 + 1, update=completed(after, T0 + 1), writes={"k": b"v"})]  # fmt: skip
     assert await store.apply(commits) == {0: Refusal.CHANGED, 1: Refusal.CHANGED}
     assert (await row_of(store, "c1")).revision == 0
+    assert await store.load_state("A", "a") == {}
+
+
+async def test_a_turn_resting_on_a_refused_one_is_refused_though_its_revision_matches(
+    store: Store,
+) -> None:
+    # Another change moved the row to the revision the handler's update expects, so only
+    # the delivery it rests on (refused) tells that the handler's outcome never arrived.
+    await store.apply([turn(new=[new("c1", strategy="remote-call", phase="waiting", work=b"w")])])
+    row = await row_of(store, "c1")
+    other = change(row, attempts=3)
+    late = delivered(row, T0 + 1, b'["ok",2]', "remote-call result received")
+    handler = turn(T0 + 1, update=completed(after_delivery(row, late), T0 + 1),
+                   writes={"k": b"v"}, rests_on=1)  # fmt: skip
+    commits = [turn(instance="x", update=other, standalone=True),
+               turn(instance="b", update=late, standalone=True), handler]  # fmt: skip
+    assert await store.apply(commits) == {1: Refusal.CHANGED, 2: Refusal.CHANGED}
+    row = await row_of(store, "c1")
+    assert (row.status, row.phase, row.attempts, row.revision) == ("pending", "waiting", 3, 1)
     assert await store.load_state("A", "a") == {}
 
 
