@@ -44,7 +44,8 @@ class Committer:
             scheduler wake-up), before the turns' callers resume.
         on_lost: called with the slot of a turn that could not commit, to throw away its
             actor's in-memory view.
-        max_batch: most turns per transaction.
+        max_batch: most turns per transaction (as many as the dispatcher sends out at
+            once: a same-system call's delivery and its handler commit in one).
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class Committer:
         *,
         on_committed: Callable[[list[PendingCommit]], None],
         on_lost: Callable[[ActorSlot], None],
-        max_batch: int = 1024,
+        max_batch: int = 2048,
     ) -> None:
         self._store = store
         self._on_committed = on_committed
