@@ -310,12 +310,9 @@ class Dispatcher:
         assert self._firing is not None
         ready = []
         for (job, _, _), future in zip(calls, futures, strict=False):
-            delivery = claimed.pop(job.id, None)
-            if delivery is not None and future is not None:
+            if future is not None and (delivery := claimed.pop(job.id, None)) is not None:
                 ready.append((after_delivery(*delivery), future))
-            elif delivery is not None:
-                self._firing.release(job.id)
-        for cid in claimed:  # an update made, but its turn never submitted
+        for cid in claimed:  # an update made, but not submitted (the batch failed)
             self._firing.release(cid)
         if ready:
             self._firing.fire_claimed(ready)

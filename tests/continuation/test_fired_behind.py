@@ -121,6 +121,50 @@ async def test_a_handler_behind_a_delivery_that_fails_to_commit_leaves_no_trace(
         assert await system.get(Till, "t").total() == 10
 
 
+async def test_a_delivery_never_submitted_gives_its_row_back_to_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The call's turn ran and its delivery was made, but submitting it failed: nothing of
+    # it is stored, the row is not left marked as firing, and the next start sends the
+    # call again.
+    async with ActorSystem(tmp_path / "a.db", actors=[Till, Ledger]) as system:
+        submit = system._committer.submit
+
+        def refuse_deliveries(commit: Commit, *args: Any, **kwargs: Any) -> Any:
+            if commit.update is not None and commit.update.phase == "ready":
+                raise RuntimeError("the committer broke")
+            return submit(commit, *args, **kwargs)
+
+        monkeypatch.setattr(system._committer, "submit", refuse_deliveries)
+        cid = await system.get(Till, "t").pay(7)
+        await system.drain()
+        assert cid not in system._scheduler.in_flight
+        assert "failed unexpectedly" in caplog.text
+        info = await system.continuation(cid)
+        assert info.status == ContinuationStatus.PENDING  # not "running": released
+        monkeypatch.undo()
+    async with ActorSystem(tmp_path / "a.db", actors=[Till, Ledger]) as system:
+        await system.drain()
+        assert (await system.continuation(cid)).status == ContinuationStatus.COMPLETED
+        assert await system.get(Ledger, "l").total() == 7
+        assert await system.get(Till, "t").total() == 14
+        assert Till.ran == [14]
+
+
+async def test_a_row_already_firing_cannot_be_claimed_until_its_firing_is_over(
+    tmp_path: Path,
+) -> None:
+    async with ActorSystem(tmp_path / "a.db", actors=[Till, Ledger]) as system:
+        scheduler = system._scheduler
+        assert scheduler.claim("c1")
+        assert not scheduler.claim("c1")
+        assert "c1" in scheduler.in_flight
+        scheduler.release("c1")
+        assert "c1" not in scheduler.in_flight
+        assert scheduler.claim("c1")
+        scheduler.release("c1")
+
+
 async def test_many_calls_fire_their_handlers_once_each(tmp_path: Path) -> None:
     # Enough at once that deliveries and the handlers behind them share transactions.
     async with ActorSystem(tmp_path / "a.db", actors=[Till, Ledger]) as system:
