@@ -1,13 +1,14 @@
 """The SQLite store (aiosqlite, WAL): the embedded default.
 
-One connection, and one lock around every use of it, so a read never sees a half-applied
-batch. A batch of turns is one ``BEGIN IMMEDIATE ... COMMIT``; with ``durability="full"``
-the commit is fsynced before anyone is told it happened.
+A writer connection and a reader (WAL): a read sees only committed data. Everything the
+writer does is one call on its thread, run in the order queued: a batch of turns is one
+``BEGIN IMMEDIATE ... COMMIT`` in one call, so nothing needs a lock held across event-loop
+rounds (one held while a call's answer waits for a busy loop delayed every commit behind
+it). With ``durability="full"`` a commit is fsynced before anyone is told it happened.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -68,7 +69,6 @@ class SQLiteStore:
         self._durability = durability
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r}, durability={self._durability!r})"
@@ -89,8 +89,7 @@ class SQLiteStore:
         if reader is not None:
             await reader.close()
         if db is not None:
-            async with self._lock:
-                await db.close()
+            await db.close()  # after the calls already queued, which finish first
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """All rows of a query, read on the reader connection when there is one; a read
@@ -108,13 +107,13 @@ class SQLiteStore:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            if self._db is None:
-                raise StoreError("the store is closed")
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise StoreError(f"database error: {exc}") from exc
+        """The writer, for one call on its thread (see the module's docstring)."""
+        if self._db is None:
+            raise StoreError("the store is closed")
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
 
     async def apply(self, commits: Sequence[Commit]) -> dict[int, Refusal]:
         async with self._connection() as db:
