@@ -104,7 +104,7 @@ class Actor:
         """
         if not isinstance(continuation_id, str):
             raise TypeError(f"continuation ids are str, not {type(continuation_id).__name__}")
-        self._turn().cancels.append(continuation_id)
+        self._turn().add_cancel(continuation_id)
 
     def signal(self, binding: str, instance: str, name: str, payload: Any = None) -> None:
         """Send signal ``name`` to an actor of this system when this turn commits: the
@@ -116,7 +116,7 @@ class Actor:
             InvalidArgumentError: a bad instance id, or a name empty or over 200 characters.
         """
         slot = self._actor_slot
-        self._turn().signals.append(signal_send(slot.runtime, binding, instance, name, payload))
+        self._turn().add_signal(signal_send(slot.runtime, binding, instance, name, payload))
 
     def send_downstream(self, client_ids: str | Iterable[str], payload: Any) -> None:
         """Send ``payload`` to connected clients once this turn commits.
@@ -130,7 +130,7 @@ class Actor:
 
         copy = decode(encode(payload))
         slot = self._actor_slot
-        self._turn().downstream.append(DownstreamMessage(slot.binding, slot.instance, ids, copy))
+        self._turn().add_downstream(DownstreamMessage(slot.binding, slot.instance, ids, copy))
 
     def _turn(self) -> TurnBuffer:
         turn = self._actor_slot.turn

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -262,7 +262,7 @@ class Scheduler:
 
     async def _turn(
         self, slot: ActorSlot, row: ContinuationRow, now: float
-    ) -> tuple[Commit, list[DownstreamMessage]]:
+    ) -> tuple[Commit, Sequence[DownstreamMessage]]:
         """Run the row's handler in a turn; return what to commit, success or not."""
         cls = slot.cls
         if row.version != cls.version and row.version not in cls.compatible_versions:

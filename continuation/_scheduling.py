@@ -94,7 +94,7 @@ def schedule(
         else:
             assert isinstance(parsed, SignalOptions)
             new.wait_name = parsed.name
-    turn.new.append(new)
+    turn.add_new(new)
     return new.id
 
 

@@ -657,7 +657,7 @@ class ActorSystem:
         send = signal_send(self._runtime, binding, instance, name, payload)
         running = current_turn.get()
         if running is not None and running[0] is self and running[1].turn is not None:
-            running[1].turn.signals.append(send)
+            running[1].turn.add_signal(send)
             return
         commit = Commit(binding, instance, self._clock.now(), signals=[send], standalone=True)
         await self._committer.submit(commit, None)

@@ -38,15 +38,44 @@ class Runtime:
 
 @dataclass(slots=True)
 class TurnBuffer:
-    """Effects of the running turn, applied only if it returns."""
+    """Effects of the running turn, applied only if it returns.
+
+    The kinds of effect most turns never have start as empty tuples and become lists on
+    their first ``add_...``: every turn makes a buffer, and four empty lists per turn were
+    four more objects for the garbage collector to count towards its next pass.
+    """
 
     now: float
     principal: Any = None
     writes: dict[str, bytes | None] = field(default_factory=dict)
-    new: list[NewContinuation] = field(default_factory=list)
-    cancels: list[str] = field(default_factory=list)
-    downstream: list[DownstreamMessage] = field(default_factory=list)
-    signals: list[SignalSend] = field(default_factory=list)
+    new: list[NewContinuation] | tuple[()] = ()
+    cancels: list[str] | tuple[()] = ()
+    downstream: list[DownstreamMessage] | tuple[()] = ()
+    signals: list[SignalSend] | tuple[()] = ()
+
+    def add_new(self, new: NewContinuation) -> None:
+        if isinstance(self.new, list):
+            self.new.append(new)
+        else:
+            self.new = [new]
+
+    def add_cancel(self, cid: str) -> None:
+        if isinstance(self.cancels, list):
+            self.cancels.append(cid)
+        else:
+            self.cancels = [cid]
+
+    def add_downstream(self, message: DownstreamMessage) -> None:
+        if isinstance(self.downstream, list):
+            self.downstream.append(message)
+        else:
+            self.downstream = [message]
+
+    def add_signal(self, send: SignalSend) -> None:
+        if isinstance(self.signals, list):
+            self.signals.append(send)
+        else:
+            self.signals = [send]
 
 
 class ActorSlot:
@@ -111,9 +140,9 @@ class ActorSlot:
             instance=self.instance,
             now=buffer.now,
             writes=buffer.writes,
-            new=buffer.new or (),
-            cancels=buffer.cancels or (),
-            signals=buffer.signals or (),
+            new=buffer.new,
+            cancels=buffer.cancels,
+            signals=buffer.signals,
             lease=self.lease,
         )
 
