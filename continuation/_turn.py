@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from operation_chain import Codec, ExecutionPolicy
 from rpc._host import DownstreamMessage
@@ -22,6 +22,8 @@ from ._store.base import Commit, Lease, NewContinuation, SignalSend
 if TYPE_CHECKING:
     from ._actor import Actor
     from ._options import RetryPolicy
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,28 +56,24 @@ class TurnBuffer:
     signals: list[SignalSend] | tuple[()] = ()
 
     def add_new(self, new: NewContinuation) -> None:
-        if isinstance(self.new, list):
-            self.new.append(new)
-        else:
-            self.new = [new]
+        self.new = _appended(self.new, new)
 
     def add_cancel(self, cid: str) -> None:
-        if isinstance(self.cancels, list):
-            self.cancels.append(cid)
-        else:
-            self.cancels = [cid]
+        self.cancels = _appended(self.cancels, cid)
 
     def add_downstream(self, message: DownstreamMessage) -> None:
-        if isinstance(self.downstream, list):
-            self.downstream.append(message)
-        else:
-            self.downstream = [message]
+        self.downstream = _appended(self.downstream, message)
 
     def add_signal(self, send: SignalSend) -> None:
-        if isinstance(self.signals, list):
-            self.signals.append(send)
-        else:
-            self.signals = [send]
+        self.signals = _appended(self.signals, send)
+
+
+def _appended(items: list[T] | tuple[()], item: T) -> list[T]:
+    """``items`` with ``item`` appended: the list itself, or a new one for the empty tuple."""
+    if isinstance(items, list):
+        items.append(item)
+        return items
+    return [item]
 
 
 class ActorSlot:

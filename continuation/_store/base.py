@@ -7,11 +7,11 @@ while keeping each turn all-or-nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
@@ -190,6 +190,19 @@ class AuditRow:
     at: float
     event: str
     detail: str | None
+
+
+def actor_view(rows: Iterable[Iterable[Any]]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """``load_actor``'s answer from the rows of its one query: (key, value, None) for a
+    stored value, (key, None, id) for a pending continuation's dedup key."""
+    state: dict[str, bytes] = {}
+    keys: dict[str, str] = {}
+    for key, value, cid in rows:
+        if cid is None:
+            state[key] = bytes(value)
+        else:
+            keys[key] = cid
+    return state, keys
 
 
 def refused_turns(

@@ -22,7 +22,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._errors import StoreError
-from .base import AuditRow, Commit, ContinuationRow, Lease, Refusal, refused_turns
+from .base import AuditRow, Commit, ContinuationRow, Lease, Refusal, actor_view, refused_turns
 from .postgres_migrations import Connection, migrate
 from .postgres_write import write
 from .sqlite import Durability
@@ -258,14 +258,7 @@ class PostgresStore:
             " AND instance = $2 AND status = 'pending' AND NOT cancel_requested"
             " AND key IS NOT NULL"
         )
-        state: dict[str, bytes] = {}
-        keys: dict[str, str] = {}
-        for key, value, cid in await self._fetch(sql, binding, instance):
-            if cid is None:
-                state[key] = value
-            else:
-                keys[key] = cid
-        return state, keys
+        return actor_view(await self._fetch(sql, binding, instance))
 
     async def fetch_due(
         self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()

@@ -20,7 +20,7 @@ import aiosqlite
 import orjson
 
 from .._errors import StoreError
-from .base import AuditRow, Commit, ContinuationRow, Refusal
+from .base import AuditRow, Commit, ContinuationRow, Refusal, actor_view
 from .connect import on_writer_thread, open_sqlite
 from .migrations import MIGRATIONS
 from .sqlite_write import purge_finished, write_batch
@@ -129,14 +129,7 @@ class SQLiteStore:
             " AND instance = ?2 AND status = 'pending' AND cancel_requested = 0"
             " AND key IS NOT NULL"
         )
-        state: dict[str, bytes] = {}
-        keys: dict[str, str] = {}
-        for key, value, cid in await self._read(sql, (binding, instance)):
-            if cid is None:
-                state[key] = bytes(value)
-            else:
-                keys[key] = cid
-        return state, keys
+        return actor_view(await self._read(sql, (binding, instance)))
 
     async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
         sql = "SELECT key, value FROM actor_state WHERE binding = ? AND instance = ?"
