@@ -736,7 +736,8 @@ class ActorSystem:
             verb = "cancel" if change is cancellation else "retry"
             raise ContinuationStateError(f"cannot {verb} continuation {row.id}: it is {state}")
         if change is requeued and row.key is not None:
-            holder = (await self._store.load_keys(row.binding, row.instance)).get(row.key)
+            _, keys = await self._store.load_actor(row.binding, row.instance)
+            holder = keys.get(row.key)
             if holder is not None:
                 raise ContinuationStateError(
                     f"cannot retry continuation {row.id}: its key {row.key!r} is held by the"

@@ -259,20 +259,13 @@ class Store(Protocol):
         refused too, unless the refused one is ``standalone``."""
         ...
 
-    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
-        """All stored values of one actor, by key."""
-        ...
-
     async def load_actor(
         self, binding: str, instance: str
     ) -> tuple[dict[str, bytes], dict[str, str]]:
-        """What activating an actor reads, in one query: ``load_state`` and ``load_keys``.
-        Each read waits for the database and then for a turn of the event loop, which under
-        load is the longer wait."""
-        ...
-
-    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
-        """Dedup keys of one actor's pending continuations, mapped to their ids."""
+        """One actor's stored values by key, and the dedup keys of its pending
+        continuations mapped to their ids: what activating it reads, in one query (each
+        read waits for the database and then for a turn of the event loop, which under
+        load is the longer wait)."""
         ...
 
     async def fetch_due(

@@ -64,12 +64,6 @@ class HostedStore:
         """Apply, trying again when the transaction was a deadlock's victim."""
         return await _retrying(lambda: self.store.apply(commits))
 
-    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
-        return await self.store.load_state(binding, instance)
-
-    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
-        return await self.store.load_keys(binding, instance)
-
     async def load_actor(
         self, binding: str, instance: str
     ) -> tuple[dict[str, bytes], dict[str, str]]:

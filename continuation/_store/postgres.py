@@ -238,17 +238,6 @@ class PostgresStore:
                 await connection.execute("SELECT pg_notify($1, $2)", self._channel, repr(due))
         return refused
 
-    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
-        sql = "SELECT key, value FROM actor_state WHERE binding = $1 AND instance = $2"
-        return {row[0]: row[1] for row in await self._fetch(sql, binding, instance)}
-
-    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
-        sql = (
-            "SELECT key, id FROM continuations WHERE binding = $1 AND instance = $2"
-            " AND status = 'pending' AND NOT cancel_requested AND key IS NOT NULL"
-        )
-        return {row[0]: row[1] for row in await self._fetch(sql, binding, instance)}
-
     async def load_actor(
         self, binding: str, instance: str
     ) -> tuple[dict[str, bytes], dict[str, str]]:

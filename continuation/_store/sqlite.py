@@ -131,17 +131,6 @@ class SQLiteStore:
         )
         return actor_view(await self._read(sql, (binding, instance)))
 
-    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
-        sql = "SELECT key, value FROM actor_state WHERE binding = ? AND instance = ?"
-        return {row[0]: bytes(row[1]) for row in await self._read(sql, (binding, instance))}
-
-    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
-        sql = (
-            "SELECT key, id FROM continuations WHERE binding = ? AND instance = ?"
-            " AND status = 'pending' AND cancel_requested = 0 AND key IS NOT NULL"
-        )
-        return {row[0]: row[1] for row in await self._read(sql, (binding, instance))}
-
     async def fetch_due(
         self, now: float, limit: int, *, skip: AbstractSet[str] = frozenset()
     ) -> list[ContinuationRow]:

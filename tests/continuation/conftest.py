@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from continuation import Actor, ActorSystem, ManualClock
-from continuation._store.base import Commit, Refusal
+from continuation._store.base import Commit, Refusal, Store
 from tests.postgres import PostgresDatabase, fresh_database
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -86,3 +86,13 @@ async def open_system(db_path: str, clock: ManualClock) -> AsyncIterator[OpenSys
     yield open_
     for system in opened:
         await system.aclose()
+
+
+async def state_of(store: Store, binding: str, instance: str) -> dict[str, bytes]:
+    """One actor's stored values, as the store reads them back."""
+    return (await store.load_actor(binding, instance))[0]
+
+
+async def keys_of(store: Store, binding: str, instance: str) -> dict[str, str]:
+    """The dedup keys of one actor's pending continuations, as the store reads them back."""
+    return (await store.load_actor(binding, instance))[1]

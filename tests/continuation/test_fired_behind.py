@@ -27,7 +27,7 @@ from continuation._outcomes import after_delivery, completed, delivered
 from continuation._store.base import Commit, NewContinuation
 from continuation._store.sqlite import SQLiteStore
 
-from .conftest import hook_commits
+from .conftest import hook_commits, state_of
 
 
 class Ledger(Actor):
@@ -211,14 +211,14 @@ async def test_a_commit_after_another_in_its_batch_is_applied_only_with_it(tmp_p
         late = committer.submit(Commit("T", "t", now, writes={"paid": b"2"}), None, after=stale)
         with pytest.raises(CommitError, match="rests on"):
             await late
-        assert (await store.load_state("T", "t"), await store.load_state("L", "l")) == ({}, {})
+        assert (await state_of(store, "T", "t"), await state_of(store, "L", "l")) == ({}, {})
         # A delivery that commits lets the handler behind it commit, in the same batch.
         ok = committer.submit(delivery(row.revision), None)
         behind = committer.submit(
             Commit("T", "t", now, update=handler_update, writes={"paid": b"1"}), None, after=ok
         )
         await asyncio.gather(ok, behind)
-        assert await store.load_state("T", "t") == {"paid": b"1"}
+        assert await state_of(store, "T", "t") == {"paid": b"1"}
         done = await store.get("c1")
         assert done is not None
         assert (done.status, done.revision) == ("completed", 2)

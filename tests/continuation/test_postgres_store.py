@@ -30,7 +30,7 @@ from operation_chain import Codec, chain_of
 from rpc._host import DownstreamMessage
 from tests.postgres import PostgresDatabase, with_search_path
 
-from .conftest import hook_commits
+from .conftest import hook_commits, state_of
 from .test_store import Notifier
 from .test_store_contract import change, new, row_of, turn, waiter
 
@@ -177,7 +177,7 @@ async def test_a_database_error_in_a_batch_is_a_store_error_and_applies_nothing(
     with pytest.raises(StoreError, match="database error") as raised:
         await store.apply([turn(writes={"k": b"1"}, new=[new("c1", key="k"), new("c2", key="k")])])
     assert isinstance(raised.value.__cause__, asyncpg.UniqueViolationError)
-    assert await store.load_state("A", "a") == {}
+    assert await state_of(store, "A", "a") == {}
     assert await store.get("c1") is None
 
 
@@ -271,7 +271,7 @@ async def test_a_turn_under_the_current_lease_is_accepted(
     lease(postgres_db, "h1", 3, 30)
     refused = await store.apply([turn(writes={"k": b"1"}, lease=Lease("h1", 3))])
     assert refused == {}
-    assert await store.load_state("A", "a") == {"k": b"1"}
+    assert await state_of(store, "A", "a") == {"k": b"1"}
 
 
 @pytest.mark.parametrize(
@@ -301,9 +301,9 @@ async def test_a_turn_under_a_lost_lease_is_refused_with_the_later_turns_of_its_
         ]
     )
     assert refused == {0: Refusal.LEASE_LOST, 2: Refusal.LEASE_LOST, 3: Refusal.LEASE_LOST}
-    assert await store.load_state("A", "a") == {}
+    assert await state_of(store, "A", "a") == {}
     assert await store.get("c1") is None
-    assert await store.load_state("A", "b") == {"k": b"b"}
+    assert await state_of(store, "A", "b") == {"k": b"b"}
 
 
 async def test_a_refused_standalone_turn_under_a_lost_lease_refuses_nothing_else(
@@ -314,7 +314,7 @@ async def test_a_refused_standalone_turn_under_a_lost_lease_refuses_nothing_else
         [turn(writes={"k": b"1"}, lease=Lease("h1", 1), standalone=True), turn(writes={"k": b"2"})]
     )
     assert refused == {0: Refusal.LEASE_LOST}
-    assert await store.load_state("A", "a") == {"k": b"2"}
+    assert await state_of(store, "A", "a") == {"k": b"2"}
 
 
 async def test_the_first_refusal_of_an_actor_gives_the_reason_to_its_later_turns(

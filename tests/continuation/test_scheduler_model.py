@@ -98,12 +98,6 @@ class KillableStore:
     async def apply(self, commits: Sequence[Commit]) -> dict[int, Refusal]:
         return await self._live().apply(commits)
 
-    async def load_state(self, binding: str, instance: str) -> dict[str, bytes]:
-        return await self._live().load_state(binding, instance)
-
-    async def load_keys(self, binding: str, instance: str) -> dict[str, str]:
-        return await self._live().load_keys(binding, instance)
-
     async def load_actor(
         self, binding: str, instance: str
     ) -> tuple[dict[str, bytes], dict[str, str]]:

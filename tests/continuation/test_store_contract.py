@@ -26,7 +26,7 @@ from continuation._store.postgres import PostgresStore
 from continuation._store.select import create_store
 from continuation._store.sqlite import SQLiteStore
 
-from .conftest import START
+from .conftest import START, keys_of, state_of
 
 T0 = START.timestamp()
 
@@ -109,9 +109,9 @@ async def test_storage_writes_in_one_batch_apply_in_order_the_last_winning(store
         ]
     )
     assert refused == {}
-    assert await store.load_state("A", "a") == {"k": b"3", "new": b"n"}
-    assert await store.load_state("A", "b") == {"k": b"other"}
-    assert await store.load_state("A", "nobody") == {}
+    assert await state_of(store, "A", "a") == {"k": b"3", "new": b"n"}
+    assert await state_of(store, "A", "b") == {"k": b"other"}
+    assert await state_of(store, "A", "nobody") == {}
 
 
 async def test_a_new_continuation_is_stored_pending_with_its_fields(store: Store) -> None:
@@ -122,7 +122,7 @@ async def test_a_new_continuation_is_stored_pending_with_its_fields(store: Store
     )  # fmt: skip
     assert (row.chain, row.error_chain, row.key, row.retry) == (b"chain", b"err", "k", '{"x":1}')
     assert (row.attempts, row.revision, row.cancel_requested) == (0, 0, False)
-    assert await store.load_keys("A", "a") == {"k": "c1"}
+    assert await keys_of(store, "A", "a") == {"k": "c1"}
     assert await store.get("missing") is None
 
 
@@ -135,7 +135,7 @@ async def test_an_update_frees_a_key_that_a_new_continuation_takes_in_the_same_b
     assert await store.apply([turn(T0 + 1, update=done, new=[new("c2", key="k")])]) == {}
     assert (await row_of(store, "c1")).status == "completed"
     assert (await row_of(store, "c1")).revision == 1
-    assert await store.load_keys("A", "a") == {"k": "c2"}
+    assert await keys_of(store, "A", "a") == {"k": "c2"}
 
 
 async def test_load_actor_reads_one_actors_state_and_pending_keys_together(store: Store) -> None:
@@ -153,7 +153,6 @@ async def test_load_actor_reads_one_actors_state_and_pending_keys_together(store
     state, keys = await store.load_actor("A", "a")
     assert state == {"k": b"v", "blob": bytes(range(256))}
     assert keys == {"k": "c1"}
-    assert (state, keys) == (await store.load_state("A", "a"), await store.load_keys("A", "a"))
     assert await store.load_actor("A", "b") == ({"k": b"other"}, {"k": "b1"})
     assert await store.load_actor("A", "nobody") == ({}, {})
 
@@ -292,8 +291,8 @@ async def test_a_turn_whose_continuation_changed_is_refused_with_the_later_turns
         ]
     )
     assert refused == {0: Refusal.CHANGED, 1: Refusal.CHANGED, 3: Refusal.CHANGED}
-    assert await store.load_state("A", "a") == {}
-    assert await store.load_state("A", "b") == {"k": b"b"}
+    assert await state_of(store, "A", "a") == {}
+    assert await state_of(store, "A", "b") == {"k": b"b"}
     assert (await row_of(store, "c2")).attempts == 0
 
 
@@ -303,7 +302,7 @@ async def test_a_refused_standalone_turn_does_not_refuse_later_turns(store: Stor
     gone = change(c1, revision=7, phase="ready")
     refused = await store.apply([turn(update=gone, standalone=True), turn(writes={"k": b"1"})])
     assert refused == {0: Refusal.CHANGED}
-    assert await store.load_state("A", "a") == {"k": b"1"}
+    assert await state_of(store, "A", "a") == {"k": b"1"}
 
 
 async def test_a_stale_update_among_many_of_the_same_kind_is_refused_alone(store: Store) -> None:
@@ -319,7 +318,7 @@ async def test_a_stale_update_among_many_of_the_same_kind_is_refused_alone(store
     assert await store.apply(commits) == {17: Refusal.CHANGED}
     for n, row in enumerate(await all_rows(store, 40)):
         expected = ("pending", 0, {}) if n == 17 else ("completed", 1, {"k": b"v"})
-        assert (row.status, row.revision, await store.load_state("A", f"i{n}")) == expected
+        assert (row.status, row.revision, await state_of(store, "A", f"i{n}")) == expected
 
 
 async def test_an_update_of_a_row_that_is_gone_is_refused(store: Store) -> None:
@@ -372,13 +371,13 @@ async def test_a_batch_of_over_a_thousand_turns_writes_every_row_exactly(store: 
     for n, row in enumerate(await all_rows(store, count)):
         if n == 150:
             assert (row.status, row.revision) == ("pending", 0)
-            assert await store.load_state("A", f"i{n}") == {f"k{n}": bytes([n % 256, 0, 255])}
+            assert await state_of(store, "A", f"i{n}") == {f"k{n}": bytes([n % 256, 0, 255])}
             continue
         assert (row.status, row.finished_at, row.attempts, row.revision) == (
             "completed", T0 + 1 + n / 3, 1, 1,
         )  # fmt: skip
         expected = {} if n % 2 else {f"k{n}": b"again"}
-        assert await store.load_state("A", f"i{n}") == expected
+        assert await state_of(store, "A", f"i{n}") == expected
 
 
 async def test_updates_of_one_row_that_follow_each_other_in_a_batch_apply_in_order(
@@ -400,7 +399,7 @@ async def test_updates_of_one_row_that_follow_each_other_in_a_batch_apply_in_ord
         "completed", "ready", b'["ok",2]', 1, 2,
     )  # fmt: skip
     assert await events_of(store, "c1") == [("remote-call result received", None)]
-    assert await store.load_state("A", "a") == {"k": b"v"}
+    assert await state_of(store, "A", "a") == {"k": b"v"}
 
 
 async def test_an_update_behind_a_refused_one_of_its_row_is_refused_too(store: Store) -> None:
@@ -414,7 +413,7 @@ async def test_an_update_behind_a_refused_one_of_its_row_is_refused_too(store: S
                turn(T0 + 1, update=completed(after, T0 + 1), writes={"k": b"v"})]  # fmt: skip
     assert await store.apply(commits) == {0: Refusal.CHANGED, 1: Refusal.CHANGED}
     assert (await row_of(store, "c1")).revision == 0
-    assert await store.load_state("A", "a") == {}
+    assert await state_of(store, "A", "a") == {}
 
 
 async def test_a_turn_resting_on_a_refused_one_is_refused_though_its_revision_matches(
@@ -433,7 +432,7 @@ async def test_a_turn_resting_on_a_refused_one_is_refused_though_its_revision_ma
     assert await store.apply(commits) == {1: Refusal.CHANGED, 2: Refusal.CHANGED}
     row = await row_of(store, "c1")
     assert (row.status, row.phase, row.attempts, row.revision) == ("pending", "waiting", 3, 1)
-    assert await store.load_state("A", "a") == {}
+    assert await state_of(store, "A", "a") == {}
 
 
 async def test_two_updates_of_one_row_from_the_same_revision_commit_only_the_first(
