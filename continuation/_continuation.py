@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Final, cast
 
 from operation_chain import (
     ERROR,
@@ -59,11 +59,21 @@ class Continuation(OperationProxy):
         return str(chain_of(self))
 
 
+# The slots read through their descriptors: a proxy's own attribute lookup is Python code
+# (it records public names), which every continue_ would pay twice per chain.
+_root_of: Final = cast(
+    "Callable[[OperationProxy], OperationProxy]", OperationProxy.__dict__["_proxy_root"].__get__
+)
+_class_of: Final = cast(
+    "Callable[[Continuation], type]", Continuation.__dict__["_continuation_class"].__get__
+)
+
+
 def continuation_class(proxy: Continuation) -> type:
     """The actor class a continuation proxy was recorded for."""
-    root = proxy._proxy_root
+    root = _root_of(proxy)
     assert isinstance(root, Continuation)
-    return root._continuation_class
+    return _class_of(root)
 
 
 def check_handler_chain(
