@@ -140,6 +140,65 @@ def _binding_problem(
     return None
 
 
+def chain_shape(ops: tuple[Any, ...]) -> tuple[object, ...] | None:
+    """What ``check_handler_chain`` and the policy's static check read of a flat chain, or
+    None for any other.
+
+    A flat chain holds only attribute reads, subscripts and calls whose arguments are
+    scalars or markers: both checks then look at its names, the number and names of its
+    arguments and which markers it uses, never at the values. So two flat chains of one
+    shape get the same verdict from them, and a ``continue_`` that repeats a shape (nearly
+    every one) need not check it again. Anything else (nested chains, containers, other
+    types, malformed operations) has no shape and is always checked in full.
+    """
+    parts: list[object] = []
+    for op in ops:
+        kind = type(op)
+        if kind is GetOp:
+            if type(op.name) is not str:
+                return None
+            parts.append(op.name)
+        elif kind is CallOp:
+            if type(op.args) is not tuple or type(op.kwargs) is not dict:
+                return None
+            arguments: list[object] = [len(op.args)]
+            for value in op.args:
+                leaf = _leaf(value)
+                if leaf is _NOT_A_LEAF:
+                    return None
+                arguments.append(leaf)
+            for name, value in op.kwargs.items():
+                leaf = _leaf(value)
+                if type(name) is not str or leaf is _NOT_A_LEAF:
+                    return None
+                arguments.append((name, leaf))
+            parts.append(tuple(arguments))
+        elif kind is ItemOp:
+            leaf = _leaf(op.key)
+            if leaf is _NOT_A_LEAF:
+                return None
+            parts.append((ItemOp, leaf))
+        else:
+            return None
+    return tuple(parts)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_LEAVES = _SCALARS | {Marker}  # arguments that hold no chain
+_NOT_A_LEAF: Any = object()
+
+
+def _leaf(value: object) -> object:
+    """A flat chain's argument as its shape records it: a marker as itself, a scalar as
+    None (its value does not matter to the checks), anything else as ``_NOT_A_LEAF``."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return None
+    if kind is Marker:
+        return value  # one of two singletons
+    return _NOT_A_LEAF
+
+
 def _nested_chains(ops: tuple[Any, ...]) -> Iterator[OperationChain]:
     for op in ops:
         if isinstance(op, CallOp):
@@ -151,9 +210,6 @@ def _nested_chains(ops: tuple[Any, ...]) -> Iterator[OperationChain]:
         # Most arguments are scalars and markers, which hold no chain.
         if any(type(value) not in _LEAVES for value in values):
             yield from _chains_in(values)
-
-
-_LEAVES = frozenset({str, int, float, bool, type(None), bytes, Marker})
 
 
 def _chains_in(values: tuple[Any, ...]) -> Iterator[OperationChain]:

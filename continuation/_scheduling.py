@@ -6,7 +6,7 @@ import functools
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -17,7 +17,12 @@ from operation_chain import (
     chain_of,
 )
 
-from ._continuation import Continuation, check_handler_chain, continuation_class
+from ._continuation import (
+    Continuation,
+    chain_shape,
+    check_handler_chain,
+    continuation_class,
+)
 from ._errors import ContinuationChainError, ContinuationOptionsError
 from ._options import AlarmOptions, parse_options
 from ._store.base import NewContinuation
@@ -30,7 +35,7 @@ from ._strategy_options import (
 from ._work import RemoteCall
 
 if TYPE_CHECKING:
-    from ._turn import ActorSlot, TurnBuffer
+    from ._turn import ActorSlot, Runtime, TurnBuffer
 
 
 def schedule(
@@ -120,11 +125,7 @@ def _remote_call(slot: ActorSlot, options: RemoteCallOptions) -> RemoteCall:
             " among the system's remotes"
         )
     chain = options.call_chain
-    check_handler_chain(target, chain, role="call", synchronous=False)
-    try:
-        slot.runtime.policy.check(chain, injected=frozenset())
-    except (ChainSecurityError, MarkerNotInjectedError) as exc:
-        raise ContinuationChainError(f"the call {str(chain)!r} is refused: {exc}") from exc
+    check_chain(slot.runtime, target, chain, "call", frozenset(), synchronous=False)
     return RemoteCall(options.binding, options.instance, chain)
 
 
@@ -160,11 +161,42 @@ def _handler_chain(slot: ActorSlot, proxy: object, role: str, marker: str) -> Op
             f" {slot.cls.__name__}; record it on Continuation(self)"
         )
     chain = chain_of(proxy)
-    check_handler_chain(slot.cls, chain, role=role)
+    check_chain(slot.runtime, slot.cls, chain, role, _INJECTED[marker])
+    return chain
+
+
+_INJECTED: Final = {name: frozenset((name,)) for name in ("result", "error")}
+_PASSED_LIMIT: Final = 4096
+"""Chain shapes remembered as good per system, at most (classes can be made at run time)."""
+
+
+def check_chain(
+    runtime: Runtime,
+    cls: type,
+    chain: OperationChain,
+    role: str,
+    injected: frozenset[str],
+    *,
+    synchronous: bool = True,
+) -> None:
+    """Check ``chain`` against ``cls`` (``check_handler_chain``) and the system's policy,
+    with the markers in ``injected``; raise ``ContinuationChainError`` naming the problem.
+
+    A flat chain whose shape passed before is not checked again (see ``chain_shape``): the
+    checks make a mistake fail in the turn that made it, and the executor checks every
+    chain again, in full, when it runs.
+    """
+    shape = chain_shape(chain.ops)
+    key = None if shape is None else (cls, synchronous, injected, shape)
+    passed = runtime.passed_checks
+    if key is not None and key in passed:
+        return
+    check_handler_chain(cls, chain, role=role, synchronous=synchronous)
     try:
-        slot.runtime.policy.check(chain, injected={marker})
+        runtime.policy.check(chain, injected=injected)
     except (ChainSecurityError, MarkerNotInjectedError) as exc:
         hint = " (c.result belongs in the handler chain, c.error in the error chain)"
-        extra = hint if isinstance(exc, MarkerNotInjectedError) else ""
+        extra = hint if isinstance(exc, MarkerNotInjectedError) and injected else ""
         raise ContinuationChainError(f"the {role} {str(chain)!r} is refused: {exc}{extra}") from exc
-    return chain
+    if key is not None and len(passed) < _PASSED_LIMIT:
+        passed.add(key)
