@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from ._chain import GET_OPS, NO_ARGUMENTS, ItemOp, Operation, OperationChain, call_op
 from ._errors import MixedRootsError
+from ._markers import Marker
 
 if TYPE_CHECKING:
     from typing import Self
@@ -16,7 +17,9 @@ _new = object.__new__
 _get_attribute = object.__getattribute__
 _P = TypeVar("_P", bound="OperationProxy")
 
-_SCALARS: Final = frozenset({NoneType, bool, int, float, str, bytes})
+# Argument types that never are or hold a proxy: scalars, and the markers (c.result in
+# nearly every handler chain), which are passed as they are.
+_NO_PROXY: Final = frozenset({NoneType, bool, int, float, str, bytes, Marker})
 
 # The slot descriptors of ``type`` itself, read without running any user code.
 _type_mro: Final = type.__dict__["__mro__"].__get__
@@ -95,7 +98,7 @@ class OperationProxy:
         __getattribute__ = _read_attribute
 
     def __getitem__(self, key: Any) -> Self:
-        if type(key) in _SCALARS or not _has_proxy((key,)):
+        if type(key) in _NO_PROXY or not _has_proxy((key,)):
             return _derive(self, ItemOp(key))
         return _derive(self, ItemOp(_Arguments(_root_of(self)).convert(key)))
 
@@ -109,7 +112,7 @@ class OperationProxy:
             return _derive(self, NO_ARGUMENTS)
         else:
             for value in args:
-                if type(value) not in _SCALARS:
+                if type(value) not in _NO_PROXY:
                     args = _convert_args(_root_of(self), args)
                     break
         # _derive, inlined: calls are the other common step.
@@ -245,7 +248,7 @@ def _convert_args(root: OperationProxy, values: tuple[Any, ...]) -> tuple[Any, .
     out: list[Any] = []
     changed = False
     for value in values:
-        if type(value) in _SCALARS:
+        if type(value) in _NO_PROXY:
             out.append(value)
         elif isinstance(value, OperationProxy) and _root_of(value) is root:
             out.append(_chain_of(value))
@@ -271,7 +274,7 @@ def _has_proxy(values: Any, seen: set[int] | None = None) -> bool:
             seen.add(id(v))
             if _has_proxy(v.values() if kind is dict else v, seen):
                 return True
-        elif kind not in _SCALARS and isinstance(v, OperationProxy):
+        elif kind not in _NO_PROXY and isinstance(v, OperationProxy):
             return True
     return False
 
