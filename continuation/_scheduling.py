@@ -145,8 +145,11 @@ def new_continuation_id() -> str:
     different processes apart.
     """
     global _last_id_time
-    _last_id_time = max(time.time_ns(), _last_id_time + 1)
-    return f"{_last_id_time:016x}{_id_random.getrandbits(64):016x}"
+    now = time.time_ns()
+    if now <= _last_id_time:
+        now = _last_id_time + 1
+    _last_id_time = now
+    return "%016x%016x" % (now, _id_random.getrandbits(64))  # noqa: UP031 (the quickest)
 
 
 def _handler_chain(slot: ActorSlot, proxy: object, role: str, marker: str) -> OperationChain:
