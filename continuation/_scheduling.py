@@ -125,7 +125,7 @@ def _remote_call(slot: ActorSlot, options: RemoteCallOptions) -> RemoteCall:
             " among the system's remotes"
         )
     chain = options.call_chain
-    check_chain(slot.runtime, target, chain, "call", frozenset(), synchronous=False)
+    _check_chain(slot.runtime, target, chain, "call", frozenset(), synchronous=False)
     return RemoteCall(options.binding, options.instance, chain)
 
 
@@ -152,6 +152,11 @@ def new_continuation_id() -> str:
     return "%016x%016x" % (now, _id_random.getrandbits(64))  # noqa: UP031 (the quickest)
 
 
+_INJECTED: Final = {name: frozenset((name,)) for name in ("result", "error")}
+_PASSED_LIMIT: Final = 4096
+"""Chain shapes remembered as good per system, at most (classes can be made at run time)."""
+
+
 def _handler_chain(slot: ActorSlot, proxy: object, role: str, marker: str) -> OperationChain:
     if not isinstance(proxy, Continuation):
         raise ContinuationChainError(
@@ -164,16 +169,11 @@ def _handler_chain(slot: ActorSlot, proxy: object, role: str, marker: str) -> Op
             f" {slot.cls.__name__}; record it on Continuation(self)"
         )
     chain = chain_of(proxy)
-    check_chain(slot.runtime, slot.cls, chain, role, _INJECTED[marker])
+    _check_chain(slot.runtime, slot.cls, chain, role, _INJECTED[marker])
     return chain
 
 
-_INJECTED: Final = {name: frozenset((name,)) for name in ("result", "error")}
-_PASSED_LIMIT: Final = 4096
-"""Chain shapes remembered as good per system, at most (classes can be made at run time)."""
-
-
-def check_chain(
+def _check_chain(
     runtime: Runtime,
     cls: type,
     chain: OperationChain,

@@ -36,7 +36,7 @@ class Runtime:
     retry: RetryPolicy
     actors: frozenset[str] = frozenset()  # the bindings of this system's actor classes
     bindings: frozenset[str] = frozenset()  # what a remote call may target (remotes too)
-    # The chain shapes continue_ has found good (see _scheduling.check_chain).
+    # The chain shapes continue_ has found good (see _scheduling._check_chain).
     passed_checks: set[tuple[object, ...]] = field(default_factory=set)
 
 
