@@ -510,14 +510,21 @@ class ActorSystem:
         cls = self._class_of(first.binding)
         futures: list[asyncio.Future[None] | None] = []
         try:
-            while len(futures) < len(calls):
-                async with self._activations.turn(cls, first.instance) as slot:
-                    for work, outcome_of, key in calls[len(futures) :]:
-                        try:
-                            future = await self._answer_call_for(slot, work, outcome_of, key)
-                        except _LostWhileWaiting:
-                            break  # the rest run on the actor as loaded again
-                        futures.append(future)
+            async with self._activations.turn(cls, first.instance) as slot:
+                for work, outcome_of, key in calls:
+                    try:
+                        future = await self._answer_call_for(slot, work, outcome_of, key)
+                    except _LostWhileWaiting as lost:
+                        # An earlier turn of the actor could not commit while this call
+                        # waited, so its call goes again: this one and the rest, which did
+                        # not run, fail with it and go again behind it, in their order.
+                        # Every future is settled first (the dispatcher reads them all
+                        # once the last is done).
+                        if submitted := [f for f in futures if f is not None]:
+                            await asyncio.wait(submitted)
+                        futures.extend(_failed(lost) for _ in calls[len(futures) :])
+                        break
+                    futures.append(future)
         except LeasedElsewhere:
             # Another host holds the actor (hosts sharing a database): each call goes there.
             for work, outcome_of, key in calls[len(futures) :]:
@@ -929,6 +936,12 @@ def _statuses(status: object) -> list[str] | None:
     except ValueError:
         known = ", ".join(s.value for s in ContinuationStatus)
         raise InvalidArgumentError(f"unknown status in {status!r}; known: {known}") from None
+
+
+def _failed(error: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
 
 
 class _LostWhileWaiting(CommitError):

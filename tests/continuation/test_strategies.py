@@ -8,6 +8,7 @@ is ignored and recorded, and cancellation reaches the error chain.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from typing import Any, ClassVar
 
@@ -24,9 +25,11 @@ from continuation import (
     FetchRequest,
     FetchResponse,
     InvalidArgumentError,
+    ManualClock,
     RetryPolicy,
     UnknownActorError,
 )
+from tests.postgres import PostgresDatabase
 
 from .conftest import OpenSystem
 
@@ -230,6 +233,55 @@ async def test_calls_whose_turns_failed_to_commit_are_sent_again_and_run_once_in
         ]
         done = await system.continuations(status="completed")
         assert len(done) == 3
+
+
+async def test_calls_that_waited_on_a_turn_that_failed_go_again_behind_it_in_order(
+    postgres_db: PostgresDatabase, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL (which hosts may share) a call first waits for its actor's last commit.
+    # The first call's commit fails while the other two wait for it: they did not run, and
+    # go again behind the first, so the three still run in the order they were sent.
+    from continuation import _system
+
+    async with ActorSystem(postgres_db.url, actors=[Purchases, Billing], clock=clock) as system:
+        store, failed, lost = system._store, [], []
+        original_apply, original_failed = store.apply, _system._failed
+
+        async def apply(commits: Any) -> Any:
+            if not failed and any(c.binding == "Billing" and c.update for c in commits):
+                failed.append(len(commits))
+                for _ in range(5):
+                    await asyncio.sleep(0)  # the other calls are waiting for this commit
+                raise OSError("disk I/O error")
+            return await original_apply(commits)
+
+        def failing(error: BaseException) -> asyncio.Future[None]:
+            lost.append(error)
+            return original_failed(error)
+
+        charged: list[int] = []
+        original_charge = Billing.charge
+
+        @functools.wraps(original_charge)
+        def charge(self: Billing, amount: int) -> str:
+            charged.append(amount)
+            return original_charge(self, amount)
+
+        monkeypatch.setattr(store, "apply", apply)
+        monkeypatch.setattr(_system, "_failed", failing)
+        monkeypatch.setattr(Billing, "charge", charge)
+        await system.get(Purchases, "p").buy(1, 2, 3)
+        await system.drain()
+        assert failed == [1]
+        assert len(lost) == 2  # the second and third calls, which had not run
+        assert charged == [1, 1, 2, 3]  # the first call's failed turn, then all three in order
+        assert await system.get(Billing, "shop").total() == 6
+        assert await system.get(Purchases, "p").receipts() == [
+            "receipt-1",
+            "receipt-2",
+            "receipt-3",
+        ]
+        assert len(await system.continuations(status="completed")) == 3
 
 
 async def test_a_call_whose_turn_never_commits_gives_up_and_times_out(
