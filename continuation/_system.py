@@ -516,8 +516,8 @@ class ActorSystem:
                         future = await self._answer_call_for(slot, work, outcome_of, key)
                     except _LostWhileWaiting as lost:
                         # An earlier turn of the actor could not commit while this call
-                        # waited, so its call goes again: this one and the rest, which did
-                        # not run, fail with it and go again behind it, in their order.
+                        # waited, and that turn's call goes again: this one and the rest,
+                        # which did not run, fail too and go again behind it, in order.
                         # Every future is settled first (the dispatcher reads them all
                         # once the last is done).
                         if submitted := [f for f in futures if f is not None]:
@@ -946,4 +946,4 @@ def _failed(error: BaseException) -> asyncio.Future[None]:
 
 class _LostWhileWaiting(CommitError):
     """A call found its actor's in-memory view thrown away (an earlier turn failed to
-    commit) while it waited to run: it did not run, and can go again at once."""
+    commit) while it waited to run: it did not run, and goes again behind that turn's call."""
